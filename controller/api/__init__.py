@@ -1,0 +1,1 @@
+"""The FastAPI application: health now; webhooks, subscription URLs, enrollment and admin REST later."""

@@ -1,0 +1,68 @@
+"""The controller's HTTP application."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+import structlog
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from controller import __version__
+from controller.bootstrap import Container
+from controller.scheduler import Scheduler
+
+log = structlog.get_logger(__name__)
+
+
+def get_container(request: Request) -> Container:
+    container: Container = request.app.state.container
+    return container
+
+
+ContainerDep = Annotated[Container, Depends(get_container)]
+
+
+def create_app(container: Container, scheduler: Scheduler | None = None) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        task: asyncio.Task[None] | None = None
+        if scheduler is not None and scheduler.jobs:
+            task = asyncio.create_task(scheduler.run(), name="scheduler")
+            log.info("scheduler_started", jobs=[job.name for job in scheduler.jobs])
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                log.info("scheduler_stopped")
+
+    app = FastAPI(
+        title="vpnbot controller",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None if not container.settings.is_dev else "/docs",
+        redoc_url=None,
+    )
+    app.state.container = container
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz(container: ContainerDep) -> JSONResponse:
+        """Liveness and database reachability."""
+        body: dict[str, Any] = {"status": "ok", "version": __version__, "database": "ok"}
+        try:
+            async with container.engine.connect() as connection:
+                await connection.execute(sa.text("SELECT 1"))
+        except Exception as exc:  # report, don't crash: this endpoint is for monitors
+            log.warning("healthz_database_failed", error=str(exc))
+            body.update(status="error", database="unreachable")
+            return JSONResponse(body, status_code=503)
+        return JSONResponse(body)
+
+    return app

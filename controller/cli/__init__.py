@@ -1,0 +1,1 @@
+"""The ``vpnbot`` command line."""

@@ -1,0 +1,51 @@
+"""AES-256-GCM encryption of secrets at rest (client private keys, provider tokens...).
+
+Blob layout: ``version (1 byte) | nonce (12 bytes) | ciphertext+tag``. The nonce is random
+per message. ``context`` is authenticated but not stored: a blob encrypted for
+``b"vpn_config:42"`` cannot be replayed into another row, because decrypting it under any
+other context fails.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+VERSION = 1
+NONCE_BYTES = 12
+KEY_BYTES = 32
+
+
+class DecryptionError(Exception):
+    """The blob is corrupt, was made with another key, or belongs to another context."""
+
+
+class SecretBox:
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_BYTES:
+            raise ValueError(f"the master key must be {KEY_BYTES} bytes")
+        self._aead = AESGCM(key)
+
+    def __repr__(self) -> str:  # never show the key
+        return "SecretBox(<key hidden>)"
+
+    def encrypt(self, plaintext: bytes, context: bytes = b"") -> bytes:
+        nonce = os.urandom(NONCE_BYTES)
+        return bytes([VERSION]) + nonce + self._aead.encrypt(nonce, plaintext, context)
+
+    def decrypt(self, blob: bytes, context: bytes = b"") -> bytes:
+        if len(blob) < 1 + NONCE_BYTES + 16 or blob[0] != VERSION:
+            raise DecryptionError("not a vpnbot secret blob (wrong length or version)")
+        nonce = blob[1 : 1 + NONCE_BYTES]
+        try:
+            return self._aead.decrypt(nonce, blob[1 + NONCE_BYTES :], context)
+        except InvalidTag:
+            raise DecryptionError("secret does not decrypt: wrong key or context") from None
+
+    def encrypt_text(self, text: str, context: str = "") -> bytes:
+        return self.encrypt(text.encode("utf-8"), context.encode("utf-8"))
+
+    def decrypt_text(self, blob: bytes, context: str = "") -> str:
+        return self.decrypt(blob, context.encode("utf-8")).decode("utf-8")

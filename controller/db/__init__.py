@@ -1,0 +1,1 @@
+"""Persistence: the SQLAlchemy models, repositories, the unit of work and Alembic migrations."""

@@ -1,0 +1,1 @@
+"""Pure business rules and types. Imports no SQLAlchemy, aiogram or grpc."""

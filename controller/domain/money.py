@@ -1,0 +1,91 @@
+"""Money as integer minor units.
+
+A price is always an ``int`` count of the currency's minor unit (kopecks for RUB, cents for
+USD, whole stars for Telegram Stars ``XTR``) together with its ISO-4217-style code. Floats are
+never used: decimal text from a person is parsed with :class:`decimal.Decimal` and refused if
+it has more fractional digits than the currency allows.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+from controller.domain.errors import InvalidInput
+
+# Minor-unit exponents of the currencies a seller is likely to price in. Unknown codes are
+# refused rather than guessed: a wrong exponent would misprice by a factor of 100.
+CURRENCY_EXPONENTS: dict[str, int] = {
+    "RUB": 2,
+    "USD": 2,
+    "EUR": 2,
+    "UAH": 2,
+    "KZT": 2,
+    "BYN": 2,
+    "UZS": 2,
+    "USDT": 2,
+    "XTR": 0,  # Telegram Stars: whole stars only
+}
+
+MAX_AMOUNT_MINOR = 10**12
+
+_CURRENCY_RE = re.compile(r"^[A-Z]{3,4}$")
+
+
+def normalize_currency(code: str) -> str:
+    value = code.strip().upper()
+    if not _CURRENCY_RE.match(value) or value not in CURRENCY_EXPONENTS:
+        known = ", ".join(sorted(CURRENCY_EXPONENTS))
+        raise InvalidInput(f"unknown currency {code!r}; known currencies: {known}")
+    return value
+
+
+def parse_amount(text: str, currency: str) -> int:
+    """Parse a human amount such as ``"199"`` or ``"199.90"`` into minor units."""
+    currency = normalize_currency(currency)
+    exponent = CURRENCY_EXPONENTS[currency]
+    raw = text.strip().replace(",", ".")
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise InvalidInput(f"amount {text!r} is not a number") from None
+    if not value.is_finite():
+        raise InvalidInput(f"amount {text!r} is not a number")
+    if value < 0:
+        raise InvalidInput(f"amount {text!r} must not be negative")
+    scaled = value.scaleb(exponent)
+    if scaled != scaled.to_integral_value():
+        raise InvalidInput(
+            f"amount {text!r} has more than {exponent} decimal places for {currency}"
+        )
+    minor = int(scaled)
+    validate_amount_minor(minor)
+    return minor
+
+
+def validate_amount_minor(amount_minor: int) -> int:
+    if isinstance(amount_minor, bool) or not isinstance(amount_minor, int):
+        raise InvalidInput("amount must be an integer number of minor units")
+    if amount_minor < 0:
+        raise InvalidInput("amount must not be negative")
+    if amount_minor > MAX_AMOUNT_MINOR:
+        raise InvalidInput("amount is unreasonably large")
+    return amount_minor
+
+
+def format_amount(amount_minor: int, currency: str) -> str:
+    """Render minor units for people: ``19990, "RUB"`` -> ``"199.90 RUB"``."""
+    exponent = CURRENCY_EXPONENTS.get(currency, 2)
+    if exponent == 0:
+        return f"{amount_minor} {currency}"
+    sign = "-" if amount_minor < 0 else ""
+    whole, frac = divmod(abs(amount_minor), 10**exponent)
+    return f"{sign}{whole}.{frac:0{exponent}d} {currency}"
+
+
+def apply_percent_discount(amount_minor: int, percent: int) -> int:
+    """Price after a percent discount; the discount is rounded down (in the seller's favour)."""
+    if not 1 <= percent <= 100:
+        raise InvalidInput("a discount must be between 1 and 100 percent")
+    discount = amount_minor * percent // 100
+    return amount_minor - discount

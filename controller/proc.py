@@ -1,0 +1,48 @@
+"""The one way vpnbot runs other programs: an argv list, never a shell string, with a timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+class CommandError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+async def run_command(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+) -> CommandResult:
+    """Run ``argv``; kill it when ``timeout`` seconds pass. Extra ``env`` entries are added to
+    the current environment (use it for secrets such as PGPASSWORD, never argv)."""
+    full_env = {**os.environ, **env} if env else None
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=full_env,
+        )
+    except FileNotFoundError:
+        raise CommandError(f"{argv[0]} not found") from None
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise CommandError(f"{argv[0]} did not finish within {timeout:g} s") from None
+    assert process.returncode is not None
+    return CommandResult(process.returncode, stdout, stderr)

@@ -1,0 +1,209 @@
+"""Users: idempotent registration from Telegram, roles, bans, language and activity."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from controller.db.models import Subscription, User
+from controller.db.models.users import new_referral_code
+from controller.db.uow import UnitOfWork
+from controller.domain import rules
+from controller.domain.enums import SubscriptionStatus, SuspendReason, UserRole
+from controller.domain.errors import InvalidInput, UserNotFound
+from controller.services import audit
+from controller.services.base import Actor, Service
+
+
+@dataclass(frozen=True, slots=True)
+class TelegramProfile:
+    """The parts of a Telegram ``User`` object we keep."""
+
+    telegram_id: int
+    username: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    language_code: str | None = None
+    is_premium: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    user: User
+    created: bool
+
+
+def _clip(value: str | None, limit: int = 255) -> str | None:
+    return None if value is None else value[:limit]
+
+
+class UserService(Service):
+    async def register(self, profile: TelegramProfile) -> Registration:
+        """Create the user on first contact; later calls refresh the profile. Safe to race."""
+        rules.validate_telegram_id(profile.telegram_id)
+        now = self._now()
+        async with self._uow() as uow:
+            new_id = await uow.users.insert_if_absent(
+                {
+                    "telegram_id": profile.telegram_id,
+                    "username": _clip(profile.username),
+                    "first_name": _clip(profile.first_name),
+                    "last_name": _clip(profile.last_name),
+                    "language_code": rules.normalize_language(profile.language_code),
+                    "is_premium": profile.is_premium,
+                    "role": UserRole.CLIENT,
+                    "referral_code": new_referral_code(),
+                    "last_activity": now,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+            user = await uow.users.get_by_telegram_id(profile.telegram_id)
+            assert user is not None
+            if new_id is None:
+                # Known user: keep the profile fresh, but never overwrite a chosen language.
+                user.username = _clip(profile.username)
+                user.first_name = _clip(profile.first_name)
+                user.last_name = _clip(profile.last_name)
+                user.is_premium = profile.is_premium
+                user.last_activity = now
+            else:
+                await uow.activity.add(user.id, "registered")
+            await uow.commit()
+            return Registration(user=user, created=new_id is not None)
+
+    async def get(self, telegram_id: int) -> User:
+        async with self._uow() as uow:
+            return await _require(uow, telegram_id)
+
+    async def list(
+        self,
+        *,
+        role: UserRole | None = None,
+        banned: bool | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Sequence[User]:
+        if not 1 <= limit <= 1000 or offset < 0:
+            raise InvalidInput("limit must be 1..1000 and offset not negative")
+        async with self._uow() as uow:
+            return await uow.users.list(role=role, banned=banned, limit=limit, offset=offset)
+
+    async def set_role(self, actor: Actor, telegram_id: int, role: UserRole) -> User:
+        """Give a Telegram user a role; a Telegram id not seen before gets a user record."""
+        rules.validate_telegram_id(telegram_id)
+        now = self._now()
+        async with self._uow() as uow:
+            await uow.users.insert_if_absent(
+                {
+                    "telegram_id": telegram_id,
+                    "role": role,
+                    "language_code": rules.DEFAULT_LANGUAGE,
+                    "referral_code": new_referral_code(),
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+            user = await _require(uow, telegram_id, for_update=True)
+            previous = user.role
+            user.role = role
+            await audit.record(
+                uow,
+                actor,
+                "user.set_role",
+                target_type="user",
+                target_id=user.id,
+                details={"telegram_id": telegram_id, "from": previous.value, "to": role.value},
+            )
+            await uow.commit()
+            return user
+
+    async def ban(self, actor: Actor, telegram_id: int, reason: str | None = None) -> User:
+        """Ban a user and suspend their active subscriptions in the same transaction."""
+        now = self._now()
+        async with self._uow() as uow:
+            user = await _require(uow, telegram_id, for_update=True)
+            user.is_banned = True
+            user.banned_at = now
+            user.ban_reason = _clip(reason, 500)
+            result = await uow.session.execute(
+                sa.update(Subscription)
+                .where(
+                    Subscription.user_id == user.id,
+                    Subscription.status == SubscriptionStatus.ACTIVE,
+                )
+                .values(
+                    status=SubscriptionStatus.SUSPENDED,
+                    suspend_reason=SuspendReason.BANNED,
+                    suspended_at=now,
+                    updated_at=now,
+                )
+                .returning(Subscription.id)
+            )
+            suspended = sorted(result.scalars().all())
+            await audit.record(
+                uow,
+                actor,
+                "user.ban",
+                target_type="user",
+                target_id=user.id,
+                details={"reason": reason, "suspended_subscriptions": suspended},
+            )
+            await uow.commit()
+            return user
+
+    async def unban(self, actor: Actor, telegram_id: int) -> User:
+        """Lift a ban; subscriptions suspended by the ban come back (or expire if due)."""
+        now = self._now()
+        async with self._uow() as uow:
+            user = await _require(uow, telegram_id, for_update=True)
+            user.is_banned = False
+            user.banned_at = None
+            user.ban_reason = None
+            banned = sa.and_(
+                Subscription.user_id == user.id,
+                Subscription.status == SubscriptionStatus.SUSPENDED,
+                Subscription.suspend_reason == SuspendReason.BANNED,
+            )
+            lifted = {"suspend_reason": None, "suspended_at": None, "updated_at": now}
+            await uow.session.execute(
+                sa.update(Subscription)
+                .where(banned, Subscription.expires_at > now)
+                .values(status=SubscriptionStatus.ACTIVE, **lifted)
+            )
+            # Whatever ran out while banned (or never had an expiry) comes back expired.
+            await uow.session.execute(
+                sa.update(Subscription)
+                .where(banned)
+                .values(status=SubscriptionStatus.EXPIRED, **lifted)
+            )
+            await audit.record(uow, actor, "user.unban", target_type="user", target_id=user.id)
+            await uow.commit()
+            return user
+
+    async def set_language(self, telegram_id: int, language: str) -> User:
+        language = rules.validate_language(language)
+        async with self._uow() as uow:
+            user = await _require(uow, telegram_id, for_update=True)
+            user.language_code = language
+            await uow.commit()
+            return user
+
+    async def touch(self, telegram_id: int) -> None:
+        """Record that the user was active just now."""
+        async with self._uow() as uow:
+            await uow.session.execute(
+                sa.update(User)
+                .where(User.telegram_id == telegram_id)
+                .values(last_activity=self._now())
+            )
+            await uow.commit()
+
+
+async def _require(uow: UnitOfWork, telegram_id: int, *, for_update: bool = False) -> User:
+    user = await uow.users.get_by_telegram_id(telegram_id, for_update=for_update)
+    if user is None:
+        raise UserNotFound(f"no user with Telegram id {telegram_id}")
+    return user

@@ -1,0 +1,283 @@
+"""The one settings object of the controller.
+
+Every value comes from the environment (prefix ``VPNBOT_``, nested keys joined by ``__``) or
+from a ``.env`` file in the working directory; ``.env.example`` documents each variable.
+Invalid values refuse start-up with a :class:`SettingsError` that names the variable.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "VPNBOT_"
+NESTED_DELIMITER = "__"
+MASTER_KEY_FILE_NAME = "master.key"
+MASTER_KEY_BYTES = 32
+
+_PLACEHOLDER_MARKERS = ("changeme", "change-me", "change_me", "placeholder", "your-", "your_")
+_PLACEHOLDER_VALUES = {"", "secret", "password", "token", "xxx", "todo", "example", "test"}
+
+
+class SettingsError(Exception):
+    """Settings that refuse start-up. The message names the offending variable."""
+
+
+def env_name(*path: str | int) -> str:
+    return ENV_PREFIX + NESTED_DELIMITER.join(str(part).upper() for part in path)
+
+
+def is_placeholder(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in _PLACEHOLDER_VALUES or lowered.startswith("<"):
+        return True
+    return any(marker in lowered for marker in _PLACEHOLDER_MARKERS)
+
+
+class DatabaseSettings(BaseModel):
+    url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; empty means SQLite in the data directory",
+    )
+    echo: bool = False
+    pool_size: int = Field(default=10, ge=1, le=200)
+    auto_migrate: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _normalize_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        scheme, sep, rest = value.partition("://")
+        if not sep:
+            raise ValueError("must be a URL such as postgresql://user@host/db or sqlite:///path")
+        drivers = {
+            "postgres": "postgresql+asyncpg",
+            "postgresql": "postgresql+asyncpg",
+            "postgresql+asyncpg": "postgresql+asyncpg",
+            "sqlite": "sqlite+aiosqlite",
+            "sqlite+aiosqlite": "sqlite+aiosqlite",
+        }
+        if scheme not in drivers:
+            raise ValueError(f"unsupported database {scheme!r}: use postgresql:// or sqlite://")
+        return f"{drivers[scheme]}://{rest}"
+
+
+class ApiSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    public_url: str | None = None
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must start with https:// (or http:// behind a TLS proxy)")
+        return value.rstrip("/")
+
+
+class TelegramSettings(BaseModel):
+    client_bot_token: SecretStr | None = None
+    support_bot_token: SecretStr | None = None
+    admin_bot_token: SecretStr | None = None
+    api_url: str = "https://api.telegram.org"
+
+    @field_validator("client_bot_token", "support_bot_token", "admin_bot_token")
+    @classmethod
+    def _empty_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        return value
+
+
+class SecuritySettings(BaseModel):
+    master_key: SecretStr | None = Field(
+        default=None, description="base64 of 32 random bytes; encrypts secrets at rest"
+    )
+    master_key_file: Path | None = None
+
+
+class RedisSettings(BaseModel):
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+
+class LogSettings(BaseModel):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "console", "json"] = "auto"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class SchedulerSettings(BaseModel):
+    enabled: bool = True
+    expiry_sweep_seconds: float = Field(default=60.0, ge=1.0, le=86400.0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=NESTED_DELIMITER,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    env: Literal["dev", "production"] = "dev"
+    data_dir: Path = Path("data")
+    default_currency: str = "RUB"
+
+    database: DatabaseSettings = DatabaseSettings()
+    api: ApiSettings = ApiSettings()
+    telegram: TelegramSettings = TelegramSettings()
+    security: SecuritySettings = SecuritySettings()
+    redis: RedisSettings = RedisSettings()
+    log: LogSettings = LogSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+
+    @field_validator("default_currency")
+    @classmethod
+    def _check_currency(cls, value: str) -> str:
+        from controller.domain.errors import InvalidInput
+        from controller.domain.money import normalize_currency
+
+        try:
+            return normalize_currency(value)
+        except InvalidInput as exc:
+            raise ValueError(exc.message) from None
+
+    @property
+    def is_dev(self) -> bool:
+        return self.env == "dev"
+
+    @cached_property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'vpnbot.db').resolve()}"
+
+
+def _secret_values(settings: Settings) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for name in ("client_bot_token", "support_bot_token", "admin_bot_token"):
+        secret: SecretStr | None = getattr(settings.telegram, name)
+        if secret is not None:
+            values[env_name("telegram", name)] = secret.get_secret_value()
+    if settings.security.master_key is not None:
+        values[env_name("security", "master_key")] = settings.security.master_key.get_secret_value()
+    return values
+
+
+def check_unknown_env(environ: dict[str, str] | os._Environ[str]) -> None:
+    """Refuse ``VPNBOT_*`` variables that name no setting (a typo would silently do nothing)."""
+    known_top = set(Settings.model_fields)
+    for key in environ:
+        if not key.startswith(ENV_PREFIX) or key.startswith(ENV_PREFIX + "TEST_"):
+            continue
+        parts = key[len(ENV_PREFIX) :].lower().split(NESTED_DELIMITER)
+        top = parts[0]
+        if top not in known_top:
+            raise SettingsError(f"unknown setting {key}: see .env.example for the variables")
+        annotation = Settings.model_fields[top].annotation
+        if len(parts) > 1:
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                raise SettingsError(f"unknown setting {key}: {env_name(top)} has no sub-keys")
+            if parts[1] not in annotation.model_fields or len(parts) > 2:
+                raise SettingsError(f"unknown setting {key}: see .env.example for the variables")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build and check the settings; raise :class:`SettingsError` naming the bad variable."""
+    check_unknown_env(os.environ)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = [part for part in first["loc"] if isinstance(part, str | int)]
+        raise SettingsError(f"invalid setting {env_name(*loc)}: {first['msg']}") from None
+    if not settings.is_dev:
+        for name, value in _secret_values(settings).items():
+            if is_placeholder(value):
+                raise SettingsError(
+                    f"invalid setting {name}: a placeholder value is refused outside dev mode"
+                )
+    return settings
+
+
+def _decode_master_key(raw: str, source: str) -> bytes:
+    text = raw.strip()
+    try:
+        key = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=False)
+    except (binascii.Error, ValueError):
+        raise SettingsError(f"invalid setting {source}: not base64") from None
+    if len(key) != MASTER_KEY_BYTES:
+        raise SettingsError(
+            f"invalid setting {source}: must be base64 of {MASTER_KEY_BYTES} bytes "
+            f"(got {len(key)}); make one with: vpnbot keygen"
+        )
+    return key
+
+
+def generate_master_key() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(MASTER_KEY_BYTES)).decode().rstrip("=")
+
+
+def load_master_key(settings: Settings) -> bytes:
+    """The key that encrypts secrets at rest.
+
+    Production requires it explicitly (``VPNBOT_SECURITY__MASTER_KEY`` or a key file); in dev
+    mode it is generated into the data directory on first start and reused afterwards.
+    """
+    if settings.security.master_key is not None:
+        return _decode_master_key(
+            settings.security.master_key.get_secret_value(), env_name("security", "master_key")
+        )
+    if settings.security.master_key_file is not None:
+        path = settings.security.master_key_file
+        try:
+            raw = path.read_text(encoding="ascii")
+        except OSError as exc:
+            raise SettingsError(
+                f"invalid setting {env_name('security', 'master_key_file')}: cannot read "
+                f"{path}: {exc.strerror}"
+            ) from None
+        return _decode_master_key(raw, env_name("security", "master_key_file"))
+    if not settings.is_dev:
+        raise SettingsError(
+            f"missing setting {env_name('security', 'master_key')}: production needs an explicit "
+            "master key (make one with: vpnbot keygen)"
+        )
+    path = settings.data_dir / MASTER_KEY_FILE_NAME
+    if not path.exists():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another process created it first; read theirs
+        else:
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                handle.write(generate_master_key() + "\n")
+    return _decode_master_key(path.read_text(encoding="ascii"), str(path))
