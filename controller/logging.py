@@ -11,7 +11,9 @@ import structlog
 _SECRET_KEYS = ("token", "password", "secret", "master_key", "private_key", "authorization")
 
 
-def _redact(_logger: object, _method: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+def _redact(
+    _logger: object, _method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
     for key in list(event):
         if any(marker in key.lower() for marker in _SECRET_KEYS):
             event[key] = "***"

@@ -22,7 +22,7 @@ class CommandResult:
 async def run_command(
     argv: Sequence[str],
     *,
-    timeout: float,
+    timeout: float,  # noqa: ASYNC109 - on timeout the child is killed too
     env: Mapping[str, str] | None = None,
 ) -> CommandResult:
     """Run ``argv``; kill it when ``timeout`` seconds pass. Extra ``env`` entries are added to

@@ -3,8 +3,13 @@ join it in later issues)."""
 
 from __future__ import annotations
 
-import uvicorn
+import asyncio
+import contextlib
+import signal
+from collections.abc import Iterator
+
 import structlog
+import uvicorn
 
 from controller import __version__
 from controller.api.app import create_app
@@ -15,12 +20,30 @@ from controller.settings import Settings
 log = structlog.get_logger(__name__)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, so the process dies "by
+    signal". A stop requested by a signal is a normal stop for us: exit 0 after cleanup."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        stops = (signal.SIGINT, signal.SIGTERM)
+        for sig in stops:
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in stops:
+                loop.remove_signal_handler(sig)
+
+
 async def serve(settings: Settings, *, host: str, port: int) -> None:
     async with open_container(settings) as container:
-        scheduler = build_scheduler(settings, container.services) if settings.scheduler.enabled else None
-        app = create_app(container, scheduler)
+        scheduler = (
+            build_scheduler(settings, container.services) if settings.scheduler.enabled else None
+        )
         config = uvicorn.Config(
-            app,
+            create_app(container, scheduler),
             host=host,
             port=port,
             log_config=None,  # keep our structlog handlers
@@ -28,9 +51,16 @@ async def serve(settings: Settings, *, host: str, port: int) -> None:
             lifespan="on",
             timeout_graceful_shutdown=10,
         )
-        server = uvicorn.Server(config)
-        db = "sqlite" if container.engine.dialect.name == "sqlite" else container.engine.dialect.name
-        log.info("controller_starting", version=__version__, host=host, port=port, database=db,
-                 env=settings.env)
+        log.info(
+            "controller_starting",
+            version=__version__,
+            host=host,
+            port=port,
+            database=container.engine.dialect.name,
+            env=settings.env,
+        )
+        server = _Server(config)
         await server.serve()
+        if not server.started:
+            raise OSError(f"could not listen on {host}:{port} (see the log above)")
         log.info("controller_stopped")

@@ -107,6 +107,21 @@ class SecuritySettings(BaseModel):
     )
     master_key_file: Path | None = None
 
+    @field_validator("master_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: Any) -> Any:
+        if (
+            isinstance(value, str | SecretStr)
+            and not str(value.get_secret_value() if isinstance(value, SecretStr) else value).strip()
+        ):
+            return None
+        return value
+
+    @field_validator("master_key_file", mode="before")
+    @classmethod
+    def _empty_file_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
 
 class RedisSettings(BaseModel):
     url: str | None = None

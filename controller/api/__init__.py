@@ -1,1 +1,1 @@
-"""The FastAPI application: health now; webhooks, subscription URLs, enrollment and admin REST later."""
+"""The FastAPI application: health now; webhooks, subscriptions, enrollment, admin REST later."""

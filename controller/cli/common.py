@@ -37,9 +37,7 @@ async def container(settings: Settings) -> AsyncIterator[Container]:
         yield c
 
 
-def with_container(
-    ctx: click.Context, action: Callable[[Container], Awaitable[T]]
-) -> T:
+def with_container(ctx: click.Context, action: Callable[[Container], Awaitable[T]]) -> T:
     settings = settings_from(ctx)
 
     async def _main() -> T:
@@ -52,6 +50,7 @@ def with_container(
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     cells = [[str(h) for h in headers], *[["" if v is None else str(v) for v in r] for r in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(value.ljust(widths[i]) for i, value in enumerate(row)).rstrip()
-             for row in cells]
+    lines = [
+        "  ".join(value.ljust(widths[i]) for i, value in enumerate(row)).rstrip() for row in cells
+    ]
     return "\n".join(lines)

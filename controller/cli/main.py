@@ -38,8 +38,12 @@ def cli() -> None:
 
 @cli.command("run")
 @click.option("--host", default=None, help="Listen address [default: VPNBOT_API__HOST].")
-@click.option("--port", type=click.IntRange(1, 65535), default=None,
-              help="Listen port [default: VPNBOT_API__PORT].")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Listen port [default: VPNBOT_API__PORT].",
+)
 @click.pass_context
 def run_command(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Run the controller: HTTP API (/healthz) and the scheduler in one process.
@@ -54,8 +58,12 @@ def run_command(ctx: click.Context, host: str | None, port: int | None) -> None:
 
 
 @cli.command("backup")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Backup file [default: DATA_DIR/backups/vpnbot-<UTC time>.<kind>].")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Backup file [default: DATA_DIR/backups/vpnbot-<UTC time>.<kind>].",
+)
 @click.pass_context
 def backup_command(ctx: click.Context, out: Path | None) -> None:
     """Back up the database (SQLite backup API, or pg_dump for PostgreSQL)."""
@@ -112,8 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(exc.format_message(), exc.exit_code or EXIT_FAILURE)
     except click.Abort:
         return _fail("aborted", EXIT_FAILURE)
-    except (SettingsError, DomainError, BackupError, DatabaseTooNewError,
-            SchemaOutOfDateError) as exc:
+    except (
+        SettingsError,
+        DomainError,
+        BackupError,
+        DatabaseTooNewError,
+        SchemaOutOfDateError,
+    ) as exc:
         return _fail(str(exc))
     except OperationalError as exc:
         return _fail(f"cannot use the database: {_first_line(exc.orig or exc)}")

@@ -61,14 +61,27 @@ def plan_group() -> None:
 
 @plan_group.command("add")
 @click.option("--name", required=True, help="Name shown to clients.")
-@click.option("--days", type=click.IntRange(1, rules.MAX_DURATION_DAYS), required=True,
-              help="Duration in days.")
+@click.option(
+    "--days",
+    type=click.IntRange(1, rules.MAX_DURATION_DAYS),
+    required=True,
+    help="Duration in days.",
+)
 @click.option("--price", required=True, help="Price, e.g. 199 or 199.90 (no floats stored).")
 @click.option("--currency", default=None, help="Currency code [default: VPNBOT_DEFAULT_CURRENCY].")
-@click.option("--traffic-gb", type=click.IntRange(1, rules.MAX_TRAFFIC_GB), default=None,
-              help="Traffic limit in GiB [default: unlimited].")
-@click.option("--devices", type=click.IntRange(1, rules.MAX_DEVICE_LIMIT), default=1,
-              show_default=True, help="Devices per subscription.")
+@click.option(
+    "--traffic-gb",
+    type=click.IntRange(1, rules.MAX_TRAFFIC_GB),
+    default=None,
+    help="Traffic limit in GiB [default: unlimited].",
+)
+@click.option(
+    "--devices",
+    type=click.IntRange(1, rules.MAX_DEVICE_LIMIT),
+    default=1,
+    show_default=True,
+    help="Devices per subscription.",
+)
 @click.option("--description", default=None, help="Longer text shown to clients.")
 @click.option("--popular", is_flag=True, help="Highlight the plan in the bot.")
 @click.option("--trial", is_flag=True, help="Mark the plan as the free trial.")
@@ -154,8 +167,9 @@ def user_group() -> None:
 
 
 @user_group.command("list")
-@click.option("--role", type=click.Choice([r.value for r in UserRole]), default=None,
-              help="Only this role.")
+@click.option(
+    "--role", type=click.Choice([r.value for r in UserRole]), default=None, help="Only this role."
+)
 @click.option("--banned/--not-banned", default=None, help="Only banned / not banned users.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
@@ -188,7 +202,9 @@ def user_list(
         )
         for u in users
     ]
-    click.echo(table(("ID", "TELEGRAM_ID", "USERNAME", "ROLE", "LANG", "BANNED", "CREATED_UTC"), rows))
+    click.echo(
+        table(("ID", "TELEGRAM_ID", "USERNAME", "ROLE", "LANG", "BANNED", "CREATED_UTC"), rows)
+    )
 
 
 @user_group.command("show")

@@ -26,9 +26,7 @@ class DatabaseTooNewError(RuntimeError):
 def alembic_config(url: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.set_main_option(
-        "file_template", "%%(year)d-%%(month).2d-%%(day).2d_%%(slug)s"
-    )
+    config.set_main_option("file_template", "%%(year)d-%%(month).2d-%%(day).2d_%%(slug)s")
     config.set_main_option("truncate_slug_length", "40")
     config.set_main_option("timezone", "UTC")
     # ConfigParser treats '%' specially; URLs may carry percent-encoded passwords.

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from controller.db.models import (
     AdminAuditLog,
     AppSetting,
+    Base,
     PromoCode,
     PromoRedemption,
     Subscription,
@@ -28,11 +29,11 @@ class _Repository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    def _insert(self, table: sa.Table) -> Any:
+    def _insert(self, entity: type[Base]) -> Any:
         """An INSERT that understands ON CONFLICT on both supported backends."""
-        if self.session.bind.dialect.name == "postgresql":
-            return postgresql.insert(table)
-        return sqlite.insert(table)
+        if self.session.get_bind().dialect.name == "postgresql":
+            return postgresql.insert(entity)
+        return sqlite.insert(entity)
 
 
 class UserRepository(_Repository):
@@ -42,7 +43,9 @@ class UserRepository(_Repository):
             stmt = stmt.with_for_update()
         return (await self.session.execute(stmt)).scalar_one_or_none()
 
-    async def get_by_telegram_id(self, telegram_id: int, *, for_update: bool = False) -> User | None:
+    async def get_by_telegram_id(
+        self, telegram_id: int, *, for_update: bool = False
+    ) -> User | None:
         stmt = sa.select(User).where(User.telegram_id == telegram_id)
         if for_update:
             stmt = stmt.with_for_update()
@@ -55,10 +58,10 @@ class UserRepository(_Repository):
         produce one row without either of them failing.
         """
         stmt = (
-            self._insert(User.__table__)
+            self._insert(User)
             .values(**values)
             .on_conflict_do_nothing(index_elements=["telegram_id"])
-            .returning(User.__table__.c.id)
+            .returning(User.id)
         )
         return (await self.session.execute(stmt)).scalar_one_or_none()
 

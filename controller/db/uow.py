@@ -7,7 +7,8 @@ Services own transactions::
         ...
         await uow.commit()
 
-Leaving the block without ``commit()`` rolls back; objects the block loaded stay readable. Repositories never commit. Callbacks
+Leaving the block without ``commit()`` rolls back; objects the block loaded stay
+readable. Repositories never commit. Callbacks
 registered with :meth:`UnitOfWork.after_commit` run only once the commit has succeeded (the
 hub uses this to wake up for nodes whose desired revision the transaction bumped).
 """
@@ -78,7 +79,7 @@ class UnitOfWork:
 
     @property
     def dialect(self) -> str:
-        return self.session.bind.dialect.name
+        return self.session.get_bind().dialect.name
 
     def after_commit(self, callback: AfterCommit) -> None:
         self._after_commit.append(callback)

@@ -9,7 +9,6 @@ it has more fractional digits than the currency allows.
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
 
 from controller.domain.errors import InvalidInput
 
@@ -30,6 +29,8 @@ CURRENCY_EXPONENTS: dict[str, int] = {
 MAX_AMOUNT_MINOR = 10**12
 
 _CURRENCY_RE = re.compile(r"^[A-Z]{3,4}$")
+_AMOUNT_RE = re.compile(r"^(-?)(\d+)(?:[.,](\d+))?$")
+_MAX_AMOUNT_TEXT = 40  # longer is never a price; keeps int() cheap
 
 
 def normalize_currency(code: str) -> str:
@@ -41,24 +42,29 @@ def normalize_currency(code: str) -> str:
 
 
 def parse_amount(text: str, currency: str) -> int:
-    """Parse a human amount such as ``"199"`` or ``"199.90"`` into minor units."""
+    """Parse a human amount such as ``"199"``, ``"199.90"`` or ``"199,90"`` into minor units.
+
+    Only plain decimal notation is accepted (no exponents, no thousands separators), so the
+    conversion is exact digit arithmetic: no rounding, no huge intermediate numbers.
+    """
     currency = normalize_currency(currency)
     exponent = CURRENCY_EXPONENTS[currency]
-    raw = text.strip().replace(",", ".")
-    try:
-        value = Decimal(raw)
-    except InvalidOperation:
-        raise InvalidInput(f"amount {text!r} is not a number") from None
-    if not value.is_finite():
-        raise InvalidInput(f"amount {text!r} is not a number")
-    if value < 0:
+    raw = text.strip()
+    match = _AMOUNT_RE.match(raw) if len(raw) <= _MAX_AMOUNT_TEXT else None
+    if match is None and len(raw) > _MAX_AMOUNT_TEXT and raw.replace(".", "").isdigit():
+        raise InvalidInput(f"amount {text!r} is unreasonably large")
+    if match is None:
+        raise InvalidInput(f"amount {text!r} is not a number (write e.g. 199 or 199.90)")
+    sign, whole, fraction = match.group(1), match.group(2), (match.group(3) or "").rstrip("0")
+    if sign and (int(whole) or fraction):
         raise InvalidInput(f"amount {text!r} must not be negative")
-    scaled = value.scaleb(exponent)
-    if scaled != scaled.to_integral_value():
+    if len(fraction) > exponent:
         raise InvalidInput(
             f"amount {text!r} has more than {exponent} decimal places for {currency}"
         )
-    minor = int(scaled)
+    if len(whole.lstrip("0")) > len(str(MAX_AMOUNT_MINOR)):
+        raise InvalidInput(f"amount {text!r} is unreasonably large")
+    minor = int(whole + fraction.ljust(exponent, "0"))
     validate_amount_minor(minor)
     return minor
 

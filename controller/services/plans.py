@@ -71,7 +71,11 @@ class PlanService(Service):
                 "plan.create",
                 target_type="plan",
                 target_id=plan.id,
-                details={"name": plan.name, "price_minor": plan.price_minor, "currency": plan.currency},
+                details={
+                    "name": plan.name,
+                    "price_minor": plan.price_minor,
+                    "currency": plan.currency,
+                },
             )
             await uow.commit()
             return plan
@@ -81,23 +85,31 @@ class PlanService(Service):
             plan = await _require(uow, plan_id)
             merged = PlanDraft(
                 name=changes.name if changes.name is not None else plan.name,
-                duration_days=changes.duration_days or plan.duration_days,
+                duration_days=(
+                    plan.duration_days if changes.duration_days is None else changes.duration_days
+                ),
                 price_minor=(
                     changes.price_minor if changes.price_minor is not None else plan.price_minor
                 ),
-                currency=changes.currency or plan.currency,
+                currency=plan.currency if changes.currency is None else changes.currency,
                 description=(
                     changes.description if changes.description is not None else plan.description
                 ),
                 traffic_limit_gb=(
                     None
                     if changes.clear_traffic_limit
-                    else changes.traffic_limit_gb or plan.traffic_limit_gb
+                    else plan.traffic_limit_gb
+                    if changes.traffic_limit_gb is None
+                    else changes.traffic_limit_gb
                 ),
-                device_limit=changes.device_limit or plan.device_limit,
+                device_limit=(
+                    plan.device_limit if changes.device_limit is None else changes.device_limit
+                ),
                 is_popular=plan.is_popular,
                 is_trial=plan.is_trial,
-                sort_order=changes.sort_order if changes.sort_order is not None else plan.sort_order,
+                sort_order=changes.sort_order
+                if changes.sort_order is not None
+                else plan.sort_order,
             )
             merged = _validated(merged)
             changed: dict[str, object] = {}
@@ -127,7 +139,11 @@ class PlanService(Service):
             plan = await _require(uow, plan_id)
             setattr(plan, flag, value)
             await audit.record(
-                uow, actor, f"plan.{flag}", target_type="plan", target_id=plan.id,
+                uow,
+                actor,
+                f"plan.{flag}",
+                target_type="plan",
+                target_id=plan.id,
                 details={flag: value},
             )
             await uow.commit()

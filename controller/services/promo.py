@@ -79,7 +79,11 @@ class PromoService(Service):
                 )
             )
             await audit.record(
-                uow, actor, "promo.create", target_type="promo", target_id=promo.id,
+                uow,
+                actor,
+                "promo.create",
+                target_type="promo",
+                target_id=promo.id,
                 details={"code": code, "kind": draft.kind.value, "value": draft.value},
             )
             await uow.commit()
@@ -108,7 +112,11 @@ class PromoService(Service):
             subscription = await _latest_subscription(uow, user_id)
             if promo.plan_id is not None and subscription is None:
                 subscription = await start_from_plan(
-                    uow, user_id, promo.plan_id, now=now, allow_inactive_plan=True,
+                    uow,
+                    user_id,
+                    promo.plan_id,
+                    now=now,
+                    allow_inactive_plan=True,
                     days=promo.value,
                 )
             elif subscription is None:

@@ -48,8 +48,12 @@ class SubscriptionService(Service):
             )
             if actor is not None:
                 await audit.record(
-                    uow, actor, "subscription.create", target_type="subscription",
-                    target_id=subscription.id, details={"user_id": user_id, "plan_id": plan_id},
+                    uow,
+                    actor,
+                    "subscription.create",
+                    target_type="subscription",
+                    target_id=subscription.id,
+                    details={"user_id": user_id, "plan_id": plan_id},
                 )
             await uow.commit()
             return subscription
@@ -68,8 +72,12 @@ class SubscriptionService(Service):
             extend_locked(subscription, days, self._now())
             if actor is not None:
                 await audit.record(
-                    uow, actor, "subscription.extend", target_type="subscription",
-                    target_id=subscription.id, details={"days": days},
+                    uow,
+                    actor,
+                    "subscription.extend",
+                    target_type="subscription",
+                    target_id=subscription.id,
+                    details={"days": days},
                 )
             await uow.commit()
             return subscription
@@ -105,8 +113,12 @@ class SubscriptionService(Service):
             subscription.suspend_reason = reason
             subscription.suspended_at = now
             await audit.record(
-                uow, actor, "subscription.suspend", target_type="subscription",
-                target_id=subscription.id, details={"reason": reason.value},
+                uow,
+                actor,
+                "subscription.suspend",
+                target_type="subscription",
+                target_id=subscription.id,
+                details={"reason": reason.value},
             )
             await uow.commit()
             return subscription
@@ -129,8 +141,12 @@ class SubscriptionService(Service):
                 )
             _lift_suspension(subscription, self._now())
             await audit.record(
-                uow, actor, "subscription.resume", target_type="subscription",
-                target_id=subscription.id, details={"status": subscription.status.value},
+                uow,
+                actor,
+                "subscription.resume",
+                target_type="subscription",
+                target_id=subscription.id,
+                details={"status": subscription.status.value},
             )
             await uow.commit()
             return subscription

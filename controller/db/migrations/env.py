@@ -7,9 +7,11 @@ handed-over connection, an async engine is made from ``sqlalchemy.url``.
 from __future__ import annotations
 
 import asyncio
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from alembic import context
+from alembic.autogenerate.api import AutogenContext
 
 from controller.db.base import UTCDateTime
 from controller.db.models import Base
@@ -18,7 +20,7 @@ target_metadata = Base.metadata
 config = context.config
 
 
-def _render_item(type_: str, obj: object, autogen_context: object) -> str | bool:
+def _render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
     """Render our column types as plain SQLAlchemy types so migration scripts stay frozen
     in time and do not import application code."""
     if type_ == "type" and isinstance(obj, UTCDateTime):

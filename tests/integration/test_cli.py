@@ -1,0 +1,239 @@
+"""The `vpnbot` CLI against real databases: every command, and every refusal in one line."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from controller.cli.main import main
+from controller.db import migrate
+from tests.conftest import create_pg_database, drop_pg_database, need
+
+
+class Cli:
+    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
+        self._capsys = capsys
+
+    def __call__(self, *args: str) -> tuple[int, str, str]:
+        self._capsys.readouterr()
+        code = main(list(args))
+        out, err = self._capsys.readouterr()
+        return code, out, err
+
+    def ok(self, *args: str) -> str:
+        code, out, err = self(*args)
+        assert code == 0, (args, out, err)
+        return out
+
+    def fails(self, *args: str, code: int = 1) -> str:
+        got, out, err = self(*args)
+        assert got == code, (args, got, out, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, err
+        assert lines[0].startswith("vpnbot: error: "), err
+        assert "Traceback" not in err + out
+        return lines[0]
+
+
+async def _cli(
+    kind: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> AsyncIterator[Cli]:
+    monkeypatch.setenv("VPNBOT_DATA_DIR", str(tmp_path / "data"))
+    url = None
+    if kind == "postgresql":
+        url = await create_pg_database()
+        monkeypatch.setenv("VPNBOT_DATABASE__URL", url)
+    yield Cli(capsys)
+    if url is not None:
+        await drop_pg_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def cli(
+    request: pytest.FixtureRequest,
+    clean_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> AsyncIterator[Cli]:
+    async for c in _cli(request.param, monkeypatch, tmp_path, capsys):
+        yield c
+
+
+@pytest.fixture
+async def sqlite_cli(
+    clean_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> AsyncIterator[Cli]:
+    async for c in _cli("sqlite", monkeypatch, tmp_path, capsys):
+        yield c
+
+
+@pytest.fixture
+async def pg_cli(
+    clean_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> AsyncIterator[Cli]:
+    async for c in _cli("postgresql", monkeypatch, tmp_path, capsys):
+        yield c
+
+
+def test_help_and_version(cli: Cli) -> None:
+    out = cli.ok("--help")
+    for command in ("run", "db", "admin", "plan", "user", "backup", "restore"):
+        assert f"  {command} " in out
+    assert "vpnbot, version" in cli.ok("--version")
+    assert "--role" in cli.ok("admin", "add", "--help")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("bogus",),
+        ("admin", "add"),
+        ("admin", "add", "abc"),
+        ("admin", "add", "0"),
+        ("admin", "add", "5", "--role", "king"),
+        ("plan", "add", "--name", "X", "--days", "0", "--price", "1"),
+        ("plan", "add", "--name", "X", "--days", "30"),
+        ("user", "list", "--limit", "0"),
+        ("run", "--port", "70000"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(cli: Cli, args: tuple[str, ...]) -> None:
+    cli.fails(*args, code=2)
+
+
+def test_db_upgrade_and_current(cli: Cli) -> None:
+    head = migrate.head_revision()
+    assert cli.ok("db", "upgrade").strip() == f"database at revision {head}"
+    assert cli.ok("db", "upgrade").strip() == f"database at revision {head}"
+    assert f"database: {head}" in cli.ok("db", "current")
+    assert "(empty database)" in cli.ok("db", "downgrade", "base")
+    assert head in cli.ok("db", "upgrade")
+
+
+def test_admin_plan_user_flow(cli: Cli) -> None:
+    assert "user 123456 is now admin" in cli.ok("admin", "add", "123456")
+    assert "user 777 is now support" in cli.ok("admin", "add", "777", "--role", "support")
+    out = cli.ok(
+        "plan",
+        "add",
+        "--name",
+        "Месяц",
+        "--days",
+        "30",
+        "--price",
+        "199.90",
+        "--traffic-gb",
+        "100",
+        "--devices",
+        "3",
+        "--popular",
+    )
+    assert "plan 1 created: Месяц, 30 days, 199.90 RUB, 100 GB, 3 device(s)" in out
+    cli.ok("plan", "add", "--name", "Stars", "--days", "7", "--price", "50", "--currency", "xtr")
+    listing = cli.ok("plan", "list")
+    assert "199.90 RUB" in listing and "50 XTR" in listing
+    users = cli.ok("user", "list")
+    assert "123456" in users and "777" in users
+    assert "support" in cli.ok("user", "list", "--role", "support")
+    assert "123456" not in cli.ok("user", "list", "--role", "support")
+    shown = cli.ok("user", "show", "123456")
+    assert "role:          admin" in shown
+    assert "user 777 is now client" in cli.ok("admin", "remove", "777")
+
+
+def test_refusals_change_nothing(cli: Cli) -> None:
+    assert "more than 2 decimal places" in cli.fails(
+        "plan", "add", "--name", "X", "--days", "30", "--price", "1.999"
+    )
+    assert "unknown currency" in cli.fails(
+        "plan", "add", "--name", "X", "--days", "30", "--price", "1", "--currency", "ABC"
+    )
+    assert "not a number" in cli.fails("plan", "add", "--name", "X", "--days", "3", "--price", "x")
+    assert "no plans yet" in cli.ok("plan", "list", "--all")
+    assert "no user with Telegram id 42" in cli.fails("user", "show", "42")
+    assert "no user with Telegram id 42" in cli.fails("admin", "remove", "42")
+    assert cli.ok("user", "list").strip() == "no users"
+
+
+def test_settings_errors_name_the_variable(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VPNBOT_API__PORT", "eighty")
+    assert "VPNBOT_API__PORT" in cli.fails("plan", "list")
+    monkeypatch.delenv("VPNBOT_API__PORT")
+    monkeypatch.setenv("VPNBOT_DATABSE__URL", "sqlite:///x.db")
+    assert "unknown setting VPNBOT_DATABSE__URL" in cli.fails("plan", "list")
+
+
+def test_newer_database_refused(cli: Cli) -> None:
+    cli.ok("db", "upgrade")
+    cli.ok("plan", "add", "--name", "A", "--days", "1", "--price", "1")
+    _stamp_future_revision()
+    line = cli.fails("db", "upgrade")
+    assert "newer version" in line
+    assert "newer version" in cli.fails("plan", "list")
+
+
+def _stamp_future_revision() -> None:
+    import asyncio
+
+    import sqlalchemy as sa
+
+    from controller.db.engine import create_engine
+    from controller.settings import load_settings
+
+    async def stamp() -> None:
+        engine = create_engine(load_settings().database_url)
+        async with engine.begin() as connection:
+            await connection.execute(
+                sa.text("UPDATE alembic_version SET version_num='abcdef123456'")
+            )
+        await engine.dispose()
+
+    asyncio.run(stamp())
+
+
+def test_backup_and_restore(cli: Cli, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    if request.node.callspec.params["cli"] == "postgresql":
+        need(shutil.which("pg_dump") is not None, "pg_dump is not installed")
+    cli.ok("plan", "add", "--name", "Kept", "--days", "30", "--price", "100")
+    target = tmp_path / "backup.file"
+    assert f"backup written to {target}" in cli.ok("backup", "--out", str(target))
+    assert target.stat().st_size > 0
+    assert "already exists" in cli.fails("backup", "--out", str(target))
+    cli.ok("plan", "add", "--name", "Lost", "--days", "30", "--price", "100")
+    assert "--yes" in cli.fails("restore", str(target), code=2)
+    assert "Lost" in cli.ok("plan", "list")  # the refused restore changed nothing
+    cli.ok("restore", str(target), "--yes")
+    listing = cli.ok("plan", "list")
+    assert "Kept" in listing and "Lost" not in listing
+    default = cli.ok("backup")
+    assert "backups/vpnbot-" in default
+
+
+def test_restore_refuses_a_foreign_file(sqlite_cli: Cli, tmp_path: Path) -> None:
+    cli = sqlite_cli
+    cli.ok("plan", "add", "--name", "Kept", "--days", "30", "--price", "100")
+    junk = tmp_path / "junk.sqlite3"
+    junk.write_text("not a database")
+    assert "not a vpnbot SQLite backup" in cli.fails("restore", str(junk), "--yes")
+    assert "Kept" in cli.ok("plan", "list")
+
+
+def test_pg_backup_without_pg_dump_is_a_clear_error(
+    pg_cli: Cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cli = pg_cli
+    cli.ok("db", "upgrade")
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    assert "pg_dump is not installed" in cli.fails("backup", "--out", str(tmp_path / "x"))
