@@ -9,6 +9,7 @@ will be elected by a PostgreSQL advisory lock (see DESIGN.md, "Processes and sca
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -35,7 +36,7 @@ class Scheduler:
         self.runs: dict[str, int] = {}
 
     def every(self, name: str, interval_seconds: float, func: JobFunc) -> None:
-        if interval_seconds <= 0:
+        if not (math.isfinite(interval_seconds) and interval_seconds > 0):
             raise ValueError("a job interval must be positive")
         self._jobs.append(Job(name, interval_seconds, func))
 

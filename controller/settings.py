@@ -11,11 +11,13 @@ import base64
 import binascii
 import os
 import secrets
+from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from dotenv import dotenv_values
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "VPNBOT_"
@@ -42,7 +44,12 @@ def is_placeholder(value: str) -> bool:
     return any(marker in lowered for marker in _PLACEHOLDER_MARKERS)
 
 
-class DatabaseSettings(BaseModel):
+class _Section(BaseModel):
+    # A misspelled key inside a section (also in JSON values) is an error, not a silent default.
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatabaseSettings(_Section):
     url: str | None = Field(
         default=None,
         description="SQLAlchemy URL; empty means SQLite in the data directory",
@@ -72,7 +79,7 @@ class DatabaseSettings(BaseModel):
         return f"{drivers[scheme]}://{rest}"
 
 
-class ApiSettings(BaseModel):
+class ApiSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     public_url: str | None = None
@@ -87,7 +94,7 @@ class ApiSettings(BaseModel):
         return value.rstrip("/")
 
 
-class TelegramSettings(BaseModel):
+class TelegramSettings(_Section):
     client_bot_token: SecretStr | None = None
     support_bot_token: SecretStr | None = None
     admin_bot_token: SecretStr | None = None
@@ -101,7 +108,7 @@ class TelegramSettings(BaseModel):
         return value
 
 
-class SecuritySettings(BaseModel):
+class SecuritySettings(_Section):
     master_key: SecretStr | None = Field(
         default=None, description="base64 of 32 random bytes; encrypts secrets at rest"
     )
@@ -123,7 +130,7 @@ class SecuritySettings(BaseModel):
         return None if isinstance(value, str) and not value.strip() else value
 
 
-class RedisSettings(BaseModel):
+class RedisSettings(_Section):
     url: str | None = None
 
     @field_validator("url")
@@ -136,7 +143,7 @@ class RedisSettings(BaseModel):
         return value
 
 
-class LogSettings(BaseModel):
+class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["auto", "console", "json"] = "auto"
 
@@ -146,7 +153,7 @@ class LogSettings(BaseModel):
         return value.upper() if isinstance(value, str) else value
 
 
-class SchedulerSettings(BaseModel):
+class SchedulerSettings(_Section):
     enabled: bool = True
     expiry_sweep_seconds: float = Field(default=60.0, ge=1.0, le=86400.0)
 
@@ -157,7 +164,9 @@ class Settings(BaseSettings):
         env_nested_delimiter=NESTED_DELIMITER,
         env_file=".env",
         env_file_encoding="utf-8",
-        extra="forbid",
+        # Other programs' keys may share the .env file (docker compose); our own misspelled
+        # VPNBOT_* keys are caught by check_unknown_env, which names them correctly.
+        extra="ignore",
         validate_default=True,
     )
 
@@ -206,27 +215,41 @@ def _secret_values(settings: Settings) -> dict[str, str]:
     return values
 
 
-def check_unknown_env(environ: dict[str, str] | os._Environ[str]) -> None:
-    """Refuse ``VPNBOT_*`` variables that name no setting (a typo would silently do nothing)."""
+def check_unknown_env(names: Iterable[str], source: str = "") -> None:
+    """Refuse ``VPNBOT_*`` names that match no setting (a typo would silently do nothing).
+
+    Names are case-insensitive, as pydantic-settings reads them.
+    """
     known_top = set(Settings.model_fields)
-    for key in environ:
+    where = f" in {source}" if source else ""
+    for name in names:
+        key = name.upper()
         if not key.startswith(ENV_PREFIX) or key.startswith(ENV_PREFIX + "TEST_"):
             continue
         parts = key[len(ENV_PREFIX) :].lower().split(NESTED_DELIMITER)
         top = parts[0]
         if top not in known_top:
-            raise SettingsError(f"unknown setting {key}: see .env.example for the variables")
+            raise SettingsError(
+                f"unknown setting {name}{where}: see .env.example for the variables"
+            )
         annotation = Settings.model_fields[top].annotation
         if len(parts) > 1:
             if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-                raise SettingsError(f"unknown setting {key}: {env_name(top)} has no sub-keys")
+                raise SettingsError(
+                    f"unknown setting {name}{where}: {env_name(top)} has no sub-keys"
+                )
             if parts[1] not in annotation.model_fields or len(parts) > 2:
-                raise SettingsError(f"unknown setting {key}: see .env.example for the variables")
+                raise SettingsError(
+                    f"unknown setting {name}{where}: see .env.example for the variables"
+                )
 
 
 def load_settings(**overrides: Any) -> Settings:
     """Build and check the settings; raise :class:`SettingsError` naming the bad variable."""
     check_unknown_env(os.environ)
+    env_file = Path(str(Settings.model_config.get("env_file") or ".env"))
+    if env_file.is_file():
+        check_unknown_env(dotenv_values(env_file).keys(), str(env_file))
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:

@@ -2,8 +2,8 @@
 
 A price is always an ``int`` count of the currency's minor unit (kopecks for RUB, cents for
 USD, whole stars for Telegram Stars ``XTR``) together with its ISO-4217-style code. Floats are
-never used: decimal text from a person is parsed with :class:`decimal.Decimal` and refused if
-it has more fractional digits than the currency allows.
+never used: decimal text from a person is parsed digit by digit and refused if it has more
+fractional digits than the currency allows.
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ SUPPORTED_LANGUAGES = ("ru", "en")
 DEFAULT_LANGUAGE = "ru"
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def ensure_aware(moment: datetime) -> datetime:
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError("naive datetime: every time in vpnbot is timezone-aware UTC")
@@ -38,13 +42,13 @@ def extended_expiry(expires_at: datetime | None, now: datetime, days: int) -> da
 
 
 def validate_days(days: int) -> int:
-    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_DURATION_DAYS:
+    if not _is_int(days) or not 1 <= days <= MAX_DURATION_DAYS:
         raise InvalidInput(f"days must be a whole number from 1 to {MAX_DURATION_DAYS}")
     return days
 
 
 def validate_device_limit(limit: int) -> int:
-    if isinstance(limit, bool) or not 1 <= limit <= MAX_DEVICE_LIMIT:
+    if not _is_int(limit) or not 1 <= limit <= MAX_DEVICE_LIMIT:
         raise InvalidInput(f"device limit must be from 1 to {MAX_DEVICE_LIMIT}")
     return limit
 
@@ -52,7 +56,7 @@ def validate_device_limit(limit: int) -> int:
 def validate_traffic_limit_gb(limit_gb: int | None) -> int | None:
     if limit_gb is None:
         return None
-    if isinstance(limit_gb, bool) or not 1 <= limit_gb <= MAX_TRAFFIC_GB:
+    if not _is_int(limit_gb) or not 1 <= limit_gb <= MAX_TRAFFIC_GB:
         raise InvalidInput(f"traffic limit must be from 1 to {MAX_TRAFFIC_GB} GB, or unlimited")
     return limit_gb
 
@@ -91,7 +95,7 @@ MAX_TELEGRAM_ID = 2**52  # Telegram ids fit in 52 bits (Bot API docs)
 
 
 def validate_telegram_id(telegram_id: int) -> int:
-    if isinstance(telegram_id, bool) or not 0 < telegram_id < MAX_TELEGRAM_ID:
+    if not _is_int(telegram_id) or not 0 < telegram_id < MAX_TELEGRAM_ID:
         raise InvalidInput(f"{telegram_id!r} is not a Telegram user id")
     return telegram_id
 

@@ -132,12 +132,14 @@ class PromoService(Service):
                 )
             else:
                 extend_locked(subscription, promo.value, now)
-            await uow.promo.add_redemption(
-                PromoRedemption(
-                    promo_code_id=promo.id, user_id=user_id, subscription_id=subscription.id
-                )
-            )
             try:
+                # Unique per (code, user): a simultaneous second redemption by the same user
+                # fails here, on the flush, or at commit.
+                await uow.promo.add_redemption(
+                    PromoRedemption(
+                        promo_code_id=promo.id, user_id=user_id, subscription_id=subscription.id
+                    )
+                )
                 await uow.commit()
             except IntegrityError:
                 raise PromoCodeAlreadyUsed("you have already used this promo code") from None

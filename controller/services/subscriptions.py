@@ -64,12 +64,15 @@ class SubscriptionService(Service):
         """Add days: from the current expiry while time is left, otherwise from now.
 
         The row is locked for the read-modify-write, so simultaneous extensions all count.
-        Pending and expired subscriptions become active; a suspended one stays suspended.
+        Pending and expired subscriptions become active; a suspended one stays suspended, and
+        one whose owner is banned is held suspended by the ban (unban brings it back).
         """
         rules.validate_days(days)
         async with self._uow() as uow:
             subscription = await _require(uow, subscription_id)
-            extend_locked(subscription, days, self._now())
+            now = self._now()
+            extend_locked(subscription, days, now)
+            await _keep_ban(uow, subscription, now)
             if actor is not None:
                 await audit.record(
                     uow,
@@ -96,6 +99,7 @@ class SubscriptionService(Service):
             subscription.traffic_used_bytes = 0
             if subscription.suspend_reason is SuspendReason.TRAFFIC_LIMIT:
                 _lift_suspension(subscription, now)
+            await _keep_ban(uow, subscription, now)
             await uow.commit()
             return subscription
 
@@ -241,6 +245,23 @@ def extend_locked(subscription: Subscription, days: int, now: datetime) -> None:
     if subscription.status in (SubscriptionStatus.PENDING, SubscriptionStatus.EXPIRED):
         subscription.status = SubscriptionStatus.ACTIVE
         subscription.started_at = subscription.started_at or now
+
+
+async def _keep_ban(uow: UnitOfWork, subscription: Subscription, now: datetime) -> None:
+    """A banned user's subscription never becomes active: it gains its time but stays
+    suspended by the ban, so that unbanning restores it."""
+    if subscription.status is SubscriptionStatus.SUSPENDED and subscription.suspend_reason in (
+        SuspendReason.BANNED,
+        SuspendReason.ADMIN,
+    ):
+        return
+    owner = await uow.users.get(subscription.user_id)
+    if owner is None or not owner.is_banned:
+        return
+    if subscription.status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.SUSPENDED):
+        subscription.status = SubscriptionStatus.SUSPENDED
+        subscription.suspend_reason = SuspendReason.BANNED
+        subscription.suspended_at = subscription.suspended_at or now
 
 
 def _lift_suspension(subscription: Subscription, now: datetime) -> None:

@@ -96,6 +96,8 @@ class UserService(Service):
         rules.validate_telegram_id(telegram_id)
         now = self._now()
         async with self._uow() as uow:
+            existing = await uow.users.get_by_telegram_id(telegram_id)
+            previous = existing.role.value if existing is not None else None
             await uow.users.insert_if_absent(
                 {
                     "telegram_id": telegram_id,
@@ -107,7 +109,6 @@ class UserService(Service):
                 }
             )
             user = await _require(uow, telegram_id, for_update=True)
-            previous = user.role
             user.role = role
             await audit.record(
                 uow,
@@ -115,7 +116,7 @@ class UserService(Service):
                 "user.set_role",
                 target_type="user",
                 target_id=user.id,
-                details={"telegram_id": telegram_id, "from": previous.value, "to": role.value},
+                details={"telegram_id": telegram_id, "from": previous, "to": role.value},
             )
             await uow.commit()
             return user
@@ -155,7 +156,8 @@ class UserService(Service):
             return user
 
     async def unban(self, actor: Actor, telegram_id: int) -> User:
-        """Lift a ban; subscriptions suspended by the ban come back (or expire if due)."""
+        """Lift a ban; subscriptions suspended by the ban come back, unless their time or
+        traffic ran out meanwhile (then they are expired, or suspended for the traffic limit)."""
         now = self._now()
         async with self._uow() as uow:
             user = await _require(uow, telegram_id, for_update=True)
@@ -168,10 +170,20 @@ class UserService(Service):
                 Subscription.suspend_reason == SuspendReason.BANNED,
             )
             lifted = {"suspend_reason": None, "suspended_at": None, "updated_at": now}
+            within_limit = sa.or_(
+                Subscription.traffic_limit_bytes.is_(None),
+                Subscription.traffic_used_bytes < Subscription.traffic_limit_bytes,
+            )
+            await uow.session.execute(
+                sa.update(Subscription)
+                .where(banned, Subscription.expires_at > now, within_limit)
+                .values(status=SubscriptionStatus.ACTIVE, **lifted)
+            )
+            # Traffic reported during the ban may have used the limit up: that stays off.
             await uow.session.execute(
                 sa.update(Subscription)
                 .where(banned, Subscription.expires_at > now)
-                .values(status=SubscriptionStatus.ACTIVE, **lifted)
+                .values(suspend_reason=SuspendReason.TRAFFIC_LIMIT, updated_at=now)
             )
             # Whatever ran out while banned (or never had an expiry) comes back expired.
             await uow.session.execute(
