@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -24,10 +24,18 @@ from controller.db.models import (
 )
 from controller.domain.enums import SubscriptionStatus, SuspendReason, UserRole
 
+_T = TypeVar("_T")
+
 
 class _Repository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
+
+    async def _one_or_none(self, stmt: sa.Select[_T], *, for_update: bool) -> _T | None:
+        """The single row ``stmt`` selects, locked (SELECT ... FOR UPDATE) when asked."""
+        if for_update:
+            stmt = stmt.with_for_update()
+        return (await self.session.execute(stmt)).scalar_one_or_none()
 
     def _insert(self, entity: type[Base]) -> Any:
         """An INSERT that understands ON CONFLICT on both supported backends."""
@@ -38,18 +46,16 @@ class _Repository:
 
 class UserRepository(_Repository):
     async def get(self, user_id: int, *, for_update: bool = False) -> User | None:
-        stmt = sa.select(User).where(User.id == user_id)
-        if for_update:
-            stmt = stmt.with_for_update()
-        return (await self.session.execute(stmt)).scalar_one_or_none()
+        return await self._one_or_none(
+            sa.select(User).where(User.id == user_id), for_update=for_update
+        )
 
     async def get_by_telegram_id(
         self, telegram_id: int, *, for_update: bool = False
     ) -> User | None:
-        stmt = sa.select(User).where(User.telegram_id == telegram_id)
-        if for_update:
-            stmt = stmt.with_for_update()
-        return (await self.session.execute(stmt)).scalar_one_or_none()
+        return await self._one_or_none(
+            sa.select(User).where(User.telegram_id == telegram_id), for_update=for_update
+        )
 
     async def insert_if_absent(self, values: dict[str, Any]) -> int | None:
         """Insert a user unless one with this telegram_id exists; return the new id or None.
@@ -86,10 +92,9 @@ class UserRepository(_Repository):
 
 class PlanRepository(_Repository):
     async def get(self, plan_id: int, *, for_update: bool = False) -> SubscriptionPlan | None:
-        stmt = sa.select(SubscriptionPlan).where(SubscriptionPlan.id == plan_id)
-        if for_update:
-            stmt = stmt.with_for_update()
-        return (await self.session.execute(stmt)).scalar_one_or_none()
+        return await self._one_or_none(
+            sa.select(SubscriptionPlan).where(SubscriptionPlan.id == plan_id), for_update=for_update
+        )
 
     async def add(self, plan: SubscriptionPlan) -> SubscriptionPlan:
         self.session.add(plan)
@@ -115,10 +120,9 @@ class TrafficState:
 
 class SubscriptionRepository(_Repository):
     async def get(self, subscription_id: int, *, for_update: bool = False) -> Subscription | None:
-        stmt = sa.select(Subscription).where(Subscription.id == subscription_id)
-        if for_update:
-            stmt = stmt.with_for_update()
-        return (await self.session.execute(stmt)).scalar_one_or_none()
+        return await self._one_or_none(
+            sa.select(Subscription).where(Subscription.id == subscription_id), for_update=for_update
+        )
 
     async def add(self, subscription: Subscription) -> Subscription:
         self.session.add(subscription)
@@ -189,10 +193,9 @@ class SubscriptionRepository(_Repository):
 
 class PromoRepository(_Repository):
     async def get_by_code(self, code: str, *, for_update: bool = False) -> PromoCode | None:
-        stmt = sa.select(PromoCode).where(PromoCode.code == code)
-        if for_update:
-            stmt = stmt.with_for_update()
-        return (await self.session.execute(stmt)).scalar_one_or_none()
+        return await self._one_or_none(
+            sa.select(PromoCode).where(PromoCode.code == code), for_update=for_update
+        )
 
     async def add(self, promo: PromoCode) -> PromoCode:
         self.session.add(promo)
