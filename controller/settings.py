@@ -266,9 +266,10 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def _decode_master_key(raw: str, source: str) -> bytes:
-    text = raw.strip()
+    # Accept both alphabets (`vpnbot keygen` prints URL-safe, `openssl rand -base64` standard).
+    text = raw.strip().rstrip("=").replace("+", "-").replace("/", "_")
     try:
-        key = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=False)
+        key = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
         raise SettingsError(f"invalid setting {source}: not base64") from None
     if len(key) != MASTER_KEY_BYTES:

@@ -571,3 +571,14 @@ def test_dotenv_nested_typo_is_refused(tmp_path: Path, line: str) -> None:
     (tmp_path / ".env").write_text(line + "\n", encoding="utf-8")
     with pytest.raises(SettingsError, match="VPNBOT_"):
         load_settings()
+
+
+def test_master_key_accepts_both_base64_alphabets(monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+
+    # 0xfb 0xff... encodes to '+' and '/' in the standard alphabet, '-' and '_' URL-safe.
+    key = bytes([0xFB, 0xFF, 0xBF] * 10 + [0xFB, 0xFF])
+    for encoded in (base64.b64encode(key).decode(), base64.urlsafe_b64encode(key).decode()):
+        assert any(c in encoded for c in "+/-_")
+        monkeypatch.setenv("VPNBOT_SECURITY__MASTER_KEY", encoded)
+        assert load_master_key(load_settings()) == key
