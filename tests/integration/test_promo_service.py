@@ -266,22 +266,6 @@ async def test_max_uses_reached(services: Services, uow_factory: UnitOfWorkFacto
     assert await services.subscriptions.list_for_user(users[2]) == []
 
 
-async def test_last_use_cannot_be_taken_twice_concurrently(
-    services: Services, uow_factory: UnitOfWorkFactory
-) -> None:
-    users = [await _user(services, t) for t in range(1, 5)]
-    await services.promo.create(ADMIN, dataclasses.replace(DAYS10, max_uses=1))
-    results = await asyncio.gather(
-        *(services.promo.redeem_days(u, "DAYS10") for u in users), return_exceptions=True
-    )
-    successes = [r for r in results if not isinstance(r, BaseException)]
-    failures = [r for r in results if isinstance(r, BaseException)]
-    assert len(successes) == 1
-    assert all(isinstance(f, PromoCodeExhausted) for f in failures), failures
-    assert (await _promo_row(uow_factory, "DAYS10")).uses_count == 1
-    assert len(await _redemptions(uow_factory)) == 1
-
-
 async def test_double_redemption_race_reports_already_used(
     services: Services,
     uow_factory: UnitOfWorkFactory,

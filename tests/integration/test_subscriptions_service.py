@@ -224,15 +224,6 @@ async def test_extend_refuses_bad_days_and_unknown_subscription(services: Servic
         await services.subscriptions.extend(sub.id + 1, 1)
 
 
-async def test_simultaneous_extensions_all_count(services: Services) -> None:
-    sub = await services.subscriptions.create_from_plan(
-        await _user(services), await _plan(services, days=30)
-    )
-    await asyncio.gather(*(services.subscriptions.extend(sub.id, 3) for _ in range(5)))
-    stored = await services.subscriptions.get(sub.id)
-    assert stored.expires_at == sub.expires_at + timedelta(days=15)
-
-
 # --- suspend / resume ---------------------------------------------------------------------
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timedelta
 
 import pytest
@@ -142,15 +141,6 @@ async def test_register_clips_long_profile_fields(services: Services) -> None:
     stored = await services.users.get(8)
     assert stored.username == "u" * 255
     assert stored.first_name == "f" * 255
-
-
-async def test_register_is_safe_to_race(services: Services, uow_factory: UnitOfWorkFactory) -> None:
-    results = await asyncio.gather(
-        *(services.users.register(TelegramProfile(telegram_id=900)) for _ in range(5))
-    )
-    assert sum(r.created for r in results) == 1
-    assert len({r.user.id for r in results}) == 1
-    assert await _user_count(uow_factory) == 1
 
 
 async def test_returned_datetimes_are_aware_utc(
