@@ -108,7 +108,7 @@ class PromoService(Service):
         now = self._now()
         async with self._uow() as uow:
             promo = await self._usable(uow, user_id, code, PromoKind.DAYS)
-            await consume(uow, promo, user_id)
+            await consume(uow, promo)
             subscription = await _latest_subscription(uow, user_id)
             if promo.plan_id is not None and subscription is None:
                 subscription = await start_from_plan(
@@ -139,6 +139,11 @@ class PromoService(Service):
                     PromoRedemption(
                         promo_code_id=promo.id, user_id=user_id, subscription_id=subscription.id
                     )
+                )
+                await uow.activity.add(
+                    user_id,
+                    "promo_redeemed",
+                    {"code": promo.code, "days": promo.value, "subscription_id": subscription.id},
                 )
                 await uow.commit()
             except IntegrityError:
@@ -181,7 +186,7 @@ class PromoService(Service):
         return promo
 
 
-async def consume(uow: UnitOfWork, promo: PromoCode, user_id: int) -> None:
+async def consume(uow: UnitOfWork, promo: PromoCode) -> None:
     """Count one use of ``promo`` inside ``uow``; refuse when it is used up.
 
     The increment is a single conditional UPDATE, so the last use cannot be taken twice.

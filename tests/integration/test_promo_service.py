@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from controller.db.models import PromoCode, PromoRedemption
+from controller.db.models import PromoCode, PromoRedemption, UserActivity
 from controller.db.uow import UnitOfWorkFactory
 from controller.domain.enums import PromoKind, SubscriptionStatus
 from controller.domain.errors import (
@@ -423,3 +423,26 @@ async def test_quote_refused_when_exhausted_or_expired(
     clock.advance(days=1)
     with pytest.raises(PromoCodeInactive):
         await services.promo.quote(user_id, "LIMITED", plan_id)
+
+
+async def test_redemption_is_recorded_in_the_users_activity(
+    services: Services, uow_factory: UnitOfWorkFactory
+) -> None:
+    user_id = await _user(services)
+    await services.promo.create(ADMIN, DAYS10)
+    redemption = await services.promo.redeem_days(user_id, "days10")
+    async with uow_factory() as uow:
+        rows = (
+            (
+                await uow.session.execute(
+                    sa.select(UserActivity).where(
+                        UserActivity.user_id == user_id, UserActivity.action == "promo_redeemed"
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert [r.details for r in rows] == [
+        {"code": "DAYS10", "days": 10, "subscription_id": redemption.subscription.id}
+    ]
