@@ -60,7 +60,10 @@ async def serve(settings: Settings, *, host: str, port: int) -> None:
             env=settings.env,
         )
         server = _Server(config)
-        await server.serve()
-        if not server.started:
-            raise OSError(f"could not listen on {host}:{port} (see the log above)")
+        try:
+            await server.serve()
+        except SystemExit:  # uvicorn exits on start-up failures (port in use...)
+            if not server.started:
+                raise OSError(f"could not listen on {host}:{port} (see the log above)") from None
+            raise
         log.info("controller_stopped")

@@ -118,3 +118,25 @@ def test_bad_arguments_never_print_a_traceback(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert len(result.stderr.decode().strip().splitlines()) == 1
     assert b"Traceback" not in result.stderr
+
+
+def test_run_on_a_busy_port_fails_clearly(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [*ENTRY, "run", "--port", str(port)],
+            cwd=tmp_path,
+            env=_env(),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 1
+    err = result.stderr.decode()
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"vpnbot: error: could not listen on 127.0.0.1:{port} (see the log above)"
+    )
+    assert "address already in use" in err
