@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -45,6 +46,15 @@ def with_container(ctx: click.Context, action: Callable[[Container], Awaitable[T
             return await action(c)
 
     return run(_main())
+
+
+def confirm_destructive(yes: bool, question: str) -> None:
+    """Ask before destroying data; without a terminal, require --yes instead of guessing."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise click.UsageError("this replaces or drops data: pass --yes to confirm")
+    click.confirm(question, abort=True)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

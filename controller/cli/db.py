@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from controller.cli.common import run, settings_from
+from controller.cli.common import confirm_destructive, run, settings_from
 from controller.db import migrate
 from controller.db.engine import create_engine
 
@@ -41,10 +41,12 @@ def upgrade(ctx: click.Context, revision: str) -> None:
 
 @db_group.command("downgrade")
 @click.argument("revision")
+@click.option("--yes", is_flag=True, help="Do not ask; data in dropped tables is lost.")
 @click.pass_context
-def downgrade(ctx: click.Context, revision: str) -> None:
+def downgrade(ctx: click.Context, revision: str, yes: bool) -> None:
     """Revert migrations down to REVISION ('base' empties the schema: all data is lost)."""
     settings = settings_from(ctx)
+    confirm_destructive(yes, f"Downgrade the database to {revision}? Dropped data is lost.")
     current = run(_with_engine(settings.database_url, "downgrade", revision))
     click.echo(f"database at revision {current}")
 

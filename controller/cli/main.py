@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from controller import __version__
 from controller.backup import BackupError, default_backup_path
 from controller.bootstrap import SchemaOutOfDateError
-from controller.cli.common import run, settings_from
+from controller.cli.common import confirm_destructive, run, settings_from
 from controller.cli.db import db_group
 from controller.cli.manage import admin_group, plan_group, user_group
 from controller.db.migrate import DatabaseTooNewError
@@ -84,10 +84,7 @@ def restore_command(ctx: click.Context, file: Path, yes: bool) -> None:
     from controller import backup
 
     settings = settings_from(ctx)
-    if not yes:
-        if not sys.stdin.isatty():
-            raise click.UsageError("restore replaces the database: pass --yes to confirm")
-        click.confirm(f"Replace the current database with {file}?", abort=True)
+    confirm_destructive(yes, f"Replace the current database with {file}?")
     run(backup.restore(settings.database_url, file))
     click.echo(f"database restored from {file}")
 

@@ -116,7 +116,9 @@ def test_db_upgrade_and_current(cli: Cli) -> None:
     assert cli.ok("db", "upgrade").strip() == f"database at revision {head}"
     assert cli.ok("db", "upgrade").strip() == f"database at revision {head}"
     assert f"database: {head}" in cli.ok("db", "current")
-    assert "(empty database)" in cli.ok("db", "downgrade", "base")
+    assert "--yes" in cli.fails("db", "downgrade", "base", code=2)
+    assert f"database: {head}" in cli.ok("db", "current")  # the refusal dropped nothing
+    assert "(empty database)" in cli.ok("db", "downgrade", "base", "--yes")
     assert head in cli.ok("db", "upgrade")
 
 
