@@ -31,10 +31,21 @@ class _Repository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def _one_or_none(self, stmt: sa.Select[_T], *, for_update: bool) -> _T | None:
-        """The single row ``stmt`` selects, locked (SELECT ... FOR UPDATE) when asked."""
-        if for_update:
-            stmt = stmt.with_for_update()
+    async def _one_or_none(
+        self, stmt: sa.Select[_T], *, for_update: bool, for_share: bool = False
+    ) -> _T | None:
+        """The single row ``stmt`` selects, optionally locked.
+
+        ``for_update`` takes a write lock (SELECT ... FOR UPDATE), ``for_share`` a read lock
+        that makes a concurrent writer of the row (e.g. a ban) wait, or be waited for. A locked
+        read always refreshes an object the session already holds: the values it loaded
+        before the lock may be stale. (SQLite ignores the clauses; its writers are serialised
+        by BEGIN IMMEDIATE.)
+        """
+        if for_update or for_share:
+            stmt = stmt.with_for_update(read=not for_update).execution_options(
+                populate_existing=True
+            )
         return (await self.session.execute(stmt)).scalar_one_or_none()
 
     def _insert(self, entity: type[Base]) -> Any:
@@ -45,9 +56,11 @@ class _Repository:
 
 
 class UserRepository(_Repository):
-    async def get(self, user_id: int, *, for_update: bool = False) -> User | None:
+    async def get(
+        self, user_id: int, *, for_update: bool = False, for_share: bool = False
+    ) -> User | None:
         return await self._one_or_none(
-            sa.select(User).where(User.id == user_id), for_update=for_update
+            sa.select(User).where(User.id == user_id), for_update=for_update, for_share=for_share
         )
 
     async def get_by_telegram_id(

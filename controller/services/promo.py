@@ -160,7 +160,7 @@ class PromoService(Service):
         plan_id: int | None = None,
     ) -> PromoCode:
         code = rules.normalize_promo_code(code)
-        user = await uow.users.get(user_id)
+        user = await uow.users.get(user_id, for_share=True)
         if user is None:
             raise UserNotFound(f"no user with id {user_id}")
         if user.is_banned:

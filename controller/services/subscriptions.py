@@ -134,7 +134,7 @@ class SubscriptionService(Service):
                 raise InvalidStateTransition(
                     f"subscription {subscription_id} is {subscription.status.value}, not suspended"
                 )
-            user = await uow.users.get(subscription.user_id)
+            user = await uow.users.get(subscription.user_id, for_share=True)
             if user is not None and user.is_banned:
                 raise UserBanned("the owner is banned; unban them to resume their subscriptions")
             if rules.traffic_limit_reached(
@@ -216,7 +216,8 @@ async def start_from_plan(
 ) -> Subscription:
     """Create an active subscription inside ``uow`` (shared by services that sell or grant)."""
 
-    user = await uow.users.get(user_id)
+    # Share-locked: a ban in progress is waited for, so it cannot miss this subscription.
+    user = await uow.users.get(user_id, for_share=True)
     if user is None:
         raise UserNotFound(f"no user with id {user_id}")
     if user.is_banned:
@@ -255,7 +256,7 @@ async def _keep_ban(uow: UnitOfWork, subscription: Subscription, now: datetime) 
         SuspendReason.ADMIN,
     ):
         return
-    owner = await uow.users.get(subscription.user_id)
+    owner = await uow.users.get(subscription.user_id, for_share=True)
     if owner is None or not owner.is_banned:
         return
     if subscription.status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.SUSPENDED):
@@ -277,8 +278,18 @@ def _lift_suspension(subscription: Subscription, now: datetime) -> None:
 
 
 async def _require(uow: UnitOfWork, subscription_id: int) -> Subscription:
+    """Lock a subscription for a read-modify-write.
+
+    Locks are always taken owner first (share), then the subscription (update) — the order
+    ``ban`` uses — so a ban and a change to one of the owner's subscriptions queue instead of
+    deadlocking, and neither misses the other.
+    """
+    found = await uow.subscriptions.get(subscription_id)
+    if found is None:
+        raise SubscriptionNotFound(f"no subscription with id {subscription_id}")
+    await uow.users.get(found.user_id, for_share=True)
     subscription = await uow.subscriptions.get(subscription_id, for_update=True)
-    if subscription is None:
+    if subscription is None:  # deleted while we waited
         raise SubscriptionNotFound(f"no subscription with id {subscription_id}")
     return subscription
 
