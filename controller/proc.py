@@ -24,10 +24,18 @@ async def run_command(
     *,
     timeout: float,  # noqa: ASYNC109 - on timeout the child is killed too
     env: Mapping[str, str] | None = None,
+    inherit_env: bool = True,
 ) -> CommandResult:
-    """Run ``argv``; kill it when ``timeout`` seconds pass. Extra ``env`` entries are added to
-    the current environment (use it for secrets such as PGPASSWORD, never argv)."""
-    full_env = {**os.environ, **env} if env else None
+    """Run ``argv``; kill it when ``timeout`` seconds pass.
+
+    ``env`` entries are added to the current environment, or with ``inherit_env=False`` are
+    the child's whole environment (so vpnbot's own secrets do not leak into it). Pass secrets
+    such as PGPASSWORD this way, never in argv.
+    """
+    if inherit_env:
+        full_env: dict[str, str] | None = {**os.environ, **env} if env else None
+    else:
+        full_env = dict(env or {})
     try:
         process = await asyncio.create_subprocess_exec(
             *argv,

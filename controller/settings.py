@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 import secrets
 from collections.abc import Iterable
 from functools import cached_property
@@ -19,6 +20,9 @@ from typing import Any, Literal
 from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError as PydanticSettingsError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 ENV_PREFIX = "VPNBOT_"
 NESTED_DELIMITER = "__"
@@ -76,7 +80,16 @@ class DatabaseSettings(_Section):
         }
         if scheme not in drivers:
             raise ValueError(f"unsupported database {scheme!r}: use postgresql:// or sqlite://")
-        return f"{drivers[scheme]}://{rest}"
+        try:
+            url = make_url(f"{drivers[scheme]}://{rest}")
+        except ArgumentError as exc:
+            raise ValueError(str(exc)) from None
+        if url.get_backend_name() == "postgresql" and "sslmode" in url.query:
+            # libpq spells it sslmode=, asyncpg ssl=; accept the familiar one.
+            query = dict(url.query)
+            query["ssl"] = query.pop("sslmode")
+            url = url.set(query=query)
+        return url.render_as_string(hide_password=False)
 
 
 class ApiSettings(_Section):
@@ -249,13 +262,24 @@ def load_settings(**overrides: Any) -> Settings:
     check_unknown_env(os.environ)
     env_file = Path(str(Settings.model_config.get("env_file") or ".env"))
     if env_file.is_file():
-        check_unknown_env(dotenv_values(env_file).keys(), str(env_file))
+        try:
+            names = dotenv_values(env_file, encoding="utf-8").keys()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"cannot read {env_file}: {exc}") from None
+        check_unknown_env(names, str(env_file))
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = [part for part in first["loc"] if isinstance(part, str | int)]
         raise SettingsError(f"invalid setting {env_name(*loc)}: {first['msg']}") from None
+    except PydanticSettingsError as exc:  # e.g. a section given as a value that is not JSON
+        found = re.search(r'field "(\w+)"', str(exc))
+        name = env_name(found.group(1)) if found else "in the environment or .env"
+        raise SettingsError(
+            f"invalid setting {name}: not valid JSON (or set its keys one by one, "
+            f"e.g. {env_name(found.group(1) if found else 'api', '...')})"
+        ) from None
     if not settings.is_dev:
         for name, value in _secret_values(settings).items():
             if is_placeholder(value):

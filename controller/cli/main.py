@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import sys
+import traceback
 from pathlib import Path
 
 import click
@@ -15,7 +18,7 @@ from controller.bootstrap import SchemaOutOfDateError
 from controller.cli.common import confirm_destructive, run, settings_from
 from controller.cli.db import db_group
 from controller.cli.manage import admin_group, plan_group, user_group
-from controller.db.migrate import DatabaseTooNewError
+from controller.db.migrate import DatabaseTooNewError, MigrationError
 from controller.domain.errors import DomainError
 from controller.settings import SettingsError, generate_master_key
 
@@ -122,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         DomainError,
         BackupError,
         DatabaseTooNewError,
+        MigrationError,
         SchemaOutOfDateError,
     ) as exc:
         return _fail(str(exc))
@@ -129,10 +133,19 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"cannot use the database: {_first_line(exc.orig or exc)}")
     except DBAPIError as exc:
         return _fail(f"database error: {_first_line(exc.orig or exc)}")
+    except sqlite3.Error as exc:
+        return _fail(f"SQLite: {_first_line(exc)}")
     except OSError as exc:
         return _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: still one line, the traceback on request
+        if os.environ.get("VPNBOT_LOG__LEVEL", "").upper() == "DEBUG":
+            traceback.print_exc()
+        return _fail(
+            f"unexpected {type(exc).__name__}: {_first_line(exc)} "
+            "(set VPNBOT_LOG__LEVEL=DEBUG to see the traceback)"
+        )
     return result if isinstance(result, int) else 0
 
 

@@ -85,7 +85,13 @@ def plan_group() -> None:
 @click.option("--description", default=None, help="Longer text shown to clients.")
 @click.option("--popular", is_flag=True, help="Highlight the plan in the bot.")
 @click.option("--trial", is_flag=True, help="Mark the plan as the free trial.")
-@click.option("--sort-order", type=int, default=0, show_default=True, help="Lower comes first.")
+@click.option(
+    "--sort-order",
+    type=click.IntRange(-rules.MAX_SORT_ORDER, rules.MAX_SORT_ORDER),
+    default=0,
+    show_default=True,
+    help="Lower comes first.",
+)
 @click.pass_context
 def plan_add(
     ctx: click.Context,
@@ -172,7 +178,7 @@ def user_group() -> None:
 )
 @click.option("--banned/--not-banned", default=None, help="Only banned / not banned users.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
-@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--offset", type=click.IntRange(0, 10**9), default=0, show_default=True)
 @click.pass_context
 def user_list(
     ctx: click.Context, role: str | None, banned: bool | None, limit: int, offset: int

@@ -7,6 +7,8 @@ by a newer vpnbot) is refused rather than touched.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -14,7 +16,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.ext.asyncio import AsyncEngine
+from alembic.util.exc import CommandError as AlembicCommandError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -84,17 +87,65 @@ def _run(connection: sa.Connection, config: Config, action: str, revision: str) 
 _MIGRATION_LOCK_KEY = 0x76706E62  # "vpnb"
 
 
+class MigrationError(RuntimeError):
+    """A migration could not run (unknown target revision, broken foreign keys...)."""
+
+
+def _sqlite_foreign_keys(connection: sa.Connection, enabled: bool) -> None:
+    # PRAGMA foreign_keys is ignored inside a transaction, so it goes to the driver directly,
+    # before SQLAlchemy begins one.
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(f"PRAGMA foreign_keys={'ON' if enabled else 'OFF'}")
+    finally:
+        cursor.close()
+
+
+def _sqlite_foreign_key_violations(connection: sa.Connection) -> list[tuple[object, ...]]:
+    return [tuple(row) for row in connection.exec_driver_sql("PRAGMA foreign_key_check")]
+
+
+@asynccontextmanager
+async def migration_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection inside one transaction, ready for schema changes.
+
+    PostgreSQL: an advisory lock makes concurrent starters queue (one migrates, the others
+    then find nothing to do). SQLite: foreign keys are not enforced while the migration runs,
+    because batch migrations recreate tables and dropping the old one would fire
+    ON DELETE CASCADE into its children; every foreign key is checked before commit instead.
+    """
+    async with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            await connection.run_sync(_sqlite_foreign_keys, False)
+        try:
+            async with connection.begin():
+                if connection.dialect.name == "postgresql":
+                    await connection.execute(
+                        sa.text("SELECT pg_advisory_xact_lock(:key)"),
+                        {"key": _MIGRATION_LOCK_KEY},
+                    )
+                yield connection
+                if sqlite:
+                    broken = await connection.run_sync(_sqlite_foreign_key_violations)
+                    if broken:
+                        raise MigrationError(
+                            f"the migration would leave {len(broken)} broken foreign key(s), "
+                            f"e.g. {broken[0]}; nothing was changed"
+                        )
+        finally:
+            if sqlite:
+                await connection.run_sync(_sqlite_foreign_keys, True)
+
+
 async def _migrate(engine: AsyncEngine, action: str, revision: str) -> None:
     config = alembic_config(engine.url.render_as_string(hide_password=False))
-    async with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            # Several controller processes may start at once; one migrates, the others wait
-            # and then find nothing to do.
-            await connection.execute(
-                sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
-            )
+    async with migration_connection(engine) as connection:
         check_known(await connection.run_sync(_current_revisions))
-        await connection.run_sync(_run, config, action, revision)
+        try:
+            await connection.run_sync(_run, config, action, revision)
+        except AlembicCommandError as exc:
+            raise MigrationError(f"cannot {action} to {revision!r}: {exc}") from None
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
@@ -119,5 +170,5 @@ def _revision(connection: sa.Connection, config: Config, message: str, autogener
 async def revision(engine: AsyncEngine, message: str, *, autogenerate: bool = True) -> None:
     """Write a new migration script (for developers); autogenerate diffs models vs the DB."""
     config = alembic_config(engine.url.render_as_string(hide_password=False))
-    async with engine.begin() as connection:
+    async with migration_connection(engine) as connection:
         await connection.run_sync(_revision, config, message, autogenerate)

@@ -69,6 +69,15 @@ def traffic_limit_reached(used_bytes: int, limit_bytes: int | None) -> bool:
     return limit_bytes is not None and used_bytes >= limit_bytes
 
 
+MAX_SORT_ORDER = 1_000_000
+
+
+def validate_sort_order(value: int) -> int:
+    if not _is_int(value) or not -MAX_SORT_ORDER <= value <= MAX_SORT_ORDER:
+        raise InvalidInput(f"sort order must be from {-MAX_SORT_ORDER} to {MAX_SORT_ORDER}")
+    return value
+
+
 def validate_plan_name(name: str) -> str:
     value = name.strip()
     if not 1 <= len(value) <= 128:

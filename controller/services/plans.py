@@ -54,7 +54,7 @@ def _validated(draft: PlanDraft) -> PlanDraft:
         device_limit=rules.validate_device_limit(draft.device_limit),
         is_popular=draft.is_popular,
         is_trial=draft.is_trial,
-        sort_order=draft.sort_order,
+        sort_order=rules.validate_sort_order(draft.sort_order),
     )
 
 

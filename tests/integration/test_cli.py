@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -239,3 +240,85 @@ def test_pg_backup_without_pg_dump_is_a_clear_error(
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
     assert "pg_dump is not installed" in cli.fails("backup", "--out", str(tmp_path / "x"))
+
+
+def test_backup_to_an_impossible_place_is_one_line(sqlite_cli: Cli, tmp_path: Path) -> None:
+    cli = sqlite_cli
+    cli.ok("db", "upgrade")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert "cannot create" in cli.fails("backup", "--out", str(blocker / "b.sqlite3"))
+    assert "cannot" in cli.fails("backup", "--out", "/proc/vpnbot-backup")
+
+
+def test_pg_backup_failure_leaves_nothing_and_can_be_retried(
+    pg_cli: Cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    need(shutil.which("pg_dump") is not None, "pg_dump is not installed")
+    cli = pg_cli
+    cli.ok("db", "upgrade")
+    good_url = os.environ["VPNBOT_DATABASE__URL"]
+    target = tmp_path / "b.pgdump"
+    monkeypatch.setenv("VPNBOT_DATABASE__URL", good_url.rsplit("/", 1)[0] + "/no_such_db_x")
+    assert "pg_dump failed" in cli.fails("backup", "--out", str(target))
+    assert list(tmp_path.glob("*b.pgdump*")) == []
+    monkeypatch.setenv("VPNBOT_DATABASE__URL", good_url)
+    cli.ok("backup", "--out", str(target))
+    assert target.stat().st_size > 0
+
+
+def test_pg_url_options_work_for_the_app_and_for_backups(
+    pg_cli: Cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """libpq's sslmode= and asyncpg's ssl= are both accepted; pg_dump gets neither in a URL."""
+    need(shutil.which("pg_dump") is not None, "pg_dump is not installed")
+    cli = pg_cli
+    base = os.environ["VPNBOT_DATABASE__URL"].replace("postgresql+asyncpg://", "postgresql://")
+    for option in ("sslmode=disable", "ssl=disable"):
+        monkeypatch.setenv("VPNBOT_DATABASE__URL", f"{base}?{option}")
+        cli.ok("db", "upgrade")
+        cli.ok("plan", "add", "--name", option, "--days", "1", "--price", "1")
+        target = tmp_path / f"{option}.pgdump"
+        cli.ok("backup", "--out", str(target))
+        cli.ok("restore", str(target), "--yes")
+        assert option in cli.ok("plan", "list")
+
+
+def test_pg_restore_refuses_a_newer_or_foreign_dump(pg_cli: Cli, tmp_path: Path) -> None:
+    need(shutil.which("pg_restore") is not None, "pg_restore is not installed")
+    cli = pg_cli
+    cli.ok("plan", "add", "--name", "Current", "--days", "1", "--price", "1")
+    current = tmp_path / "current.pgdump"
+    cli.ok("backup", "--out", str(current))
+    junk = tmp_path / "junk.pgdump"
+    junk.write_bytes(b"PGDMP not really")
+    assert "not a vpnbot PostgreSQL backup" in cli.fails("restore", str(junk), "--yes")
+    _stamp_future_revision()
+    newer = tmp_path / "newer.pgdump"
+    cli.ok("backup", "--out", str(newer))
+    assert "newer version" in cli.fails("restore", str(newer), "--yes")
+    cli.ok("restore", str(current), "--yes")  # the refusals changed nothing restorable
+    assert "Current" in cli.ok("plan", "list")
+
+
+def test_unexpected_values_are_one_line(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    cli.fails(
+        "plan",
+        "add",
+        "--name",
+        "X",
+        "--days",
+        "1",
+        "--price",
+        "1",
+        "--sort-order",
+        "99999999999999999999",
+        code=2,
+    )
+    cli.fails("user", "list", "--offset", "99999999999999999999999", code=2)
+    assert "cannot upgrade to 'nope'" in cli.fails("db", "upgrade", "--revision", "nope")
+    monkeypatch.setenv("VPNBOT_DATABASE", "notjson")
+    assert "invalid setting VPNBOT_DATABASE" in cli.fails("plan", "list")
+    monkeypatch.delenv("VPNBOT_DATABASE")
+    Path(".env").write_bytes(b"\xff\xfe=1\n")
+    assert "cannot read .env" in cli.fails("plan", "list")
