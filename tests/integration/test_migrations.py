@@ -290,3 +290,68 @@ async def test_seed_enums_accept_their_values_only(empty_engine: AsyncEngine) ->
                     " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
                 )
             )
+
+
+async def test_sqlite_table_rebuild_in_a_migration_keeps_child_rows(tmp_path: Path) -> None:
+    """Batch migrations rebuild SQLite tables (copy, drop, rename); dropping the old parent
+    table must not cascade into its children."""
+    from alembic.operations import Operations
+
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'batch.db'}")
+    try:
+        await migrate.upgrade(engine)
+        async with engine.begin() as connection:
+            await connection.execute(
+                sa.text(
+                    "INSERT INTO users (id, telegram_id, language_code, role, is_active,"
+                    " is_banned, is_premium, auto_select_protocol, referral_code, created_at,"
+                    " updated_at) VALUES (1, 5, 'ru', 'client', 1, 0, 0, 1, 'r', '2026-01-01',"
+                    " '2026-01-01')"
+                )
+            )
+            await connection.execute(
+                sa.text(
+                    "INSERT INTO subscriptions (user_id, status, traffic_used_bytes, device_limit,"
+                    " auto_renew, created_at, updated_at) VALUES (1, 'active', 0, 1, 0,"
+                    " '2026-01-01', '2026-01-01')"
+                )
+            )
+
+        def rebuild_users(connection: sa.Connection) -> None:
+            operations = Operations(MigrationContext.configure(connection))
+            with operations.batch_alter_table("users", recreate="always"):
+                pass
+
+        async with migrate.migration_connection(engine) as connection:
+            await connection.run_sync(rebuild_users)
+
+        async with engine.connect() as connection:
+            count = (
+                await connection.execute(sa.text("SELECT count(*) FROM subscriptions"))
+            ).scalar()
+            enforced = (await connection.execute(sa.text("PRAGMA foreign_keys"))).scalar()
+        assert count == 1
+        assert enforced == 1  # enforcement is back on for the pooled connection
+    finally:
+        await engine.dispose()
+
+
+async def test_sqlite_migration_leaving_broken_foreign_keys_is_rolled_back(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'broken.db'}")
+    try:
+        await migrate.upgrade(engine)
+        with pytest.raises(migrate.MigrationError, match="broken foreign key"):
+            async with migrate.migration_connection(engine) as connection:
+                await connection.execute(
+                    sa.text(
+                        "INSERT INTO user_activity (user_id, action, created_at)"
+                        " VALUES (999, 'x', '2026-01-01')"
+                    )
+                )
+        async with engine.connect() as connection:
+            rows = (
+                await connection.execute(sa.text("SELECT count(*) FROM user_activity"))
+            ).scalar()
+        assert rows == 0
+    finally:
+        await engine.dispose()
