@@ -2,25 +2,65 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import structlog
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from controller.crypto import SecretBox
+from controller.crypto import DecryptionError, SecretBox
 from controller.db import migrate
 from controller.db.engine import create_engine, create_session_factory
 from controller.db.uow import UnitOfWorkFactory, make_uow_factory
 from controller.services import Services, build_services
-from controller.settings import Settings, load_master_key
+from controller.settings import Settings, SettingsError, load_master_key
 
 log = structlog.get_logger(__name__)
 
 
 class SchemaOutOfDateError(RuntimeError):
     pass
+
+
+class MasterKeyMismatchError(SettingsError):
+    """The configured master key is not the one the database's secrets are encrypted with."""
+
+
+KEY_CHECK_SETTING = "security.master_key_check"
+_KEY_CHECK_CONTEXT = b"vpnbot:master-key-check"
+_KEY_CHECK_PLAINTEXT = b"vpnbot master key check v1"
+
+
+async def verify_master_key(uow_factory: UnitOfWorkFactory, box: SecretBox) -> None:
+    """Refuse to start with a master key other than the database's.
+
+    The first start stores a small AES-GCM blob in app settings; later starts must decrypt it.
+    Without this, a mistyped production key, or a dev key generated afresh in another
+    working directory, would only show up when a client's stored secrets fail to decrypt.
+    """
+    for _attempt in range(2):
+        async with uow_factory() as uow:
+            row = await uow.app_settings.get(KEY_CHECK_SETTING)
+            if row is not None:
+                try:
+                    box.decrypt(base64.b64decode(row.value), _KEY_CHECK_CONTEXT)
+                except (DecryptionError, ValueError, TypeError):
+                    raise MasterKeyMismatchError(
+                        "the master key (VPNBOT_SECURITY__MASTER_KEY, or master.key in "
+                        "VPNBOT_DATA_DIR) is not the key this database was set up with; "
+                        "start with the original key"
+                    ) from None
+                return
+            blob = box.encrypt(_KEY_CHECK_PLAINTEXT, _KEY_CHECK_CONTEXT)
+            await uow.app_settings.set(KEY_CHECK_SETTING, base64.b64encode(blob).decode())
+            try:
+                await uow.commit()
+            except IntegrityError:
+                continue  # another process stored its check first: verify against that
+            return
 
 
 @dataclass
@@ -57,6 +97,7 @@ async def open_container(
         )
         session_factory = create_session_factory(engine)
         uow_factory = make_uow_factory(session_factory)
+        await verify_master_key(uow_factory, secrets)
         yield Container(
             settings=settings,
             engine=engine,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import os
 import re
 import secrets
@@ -308,6 +309,27 @@ def generate_master_key() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(MASTER_KEY_BYTES)).decode().rstrip("=")
 
 
+def _create_key_file(path: Path) -> None:
+    """Write a new key file atomically: complete and private, or not there at all.
+
+    The key goes to a temporary file that is then hard-linked into place, so a process
+    starting at the same moment never reads a half-written key, and of two racing starters
+    the first link wins and both use that key.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(generate_master_key() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        with contextlib.suppress(FileExistsError):  # another process was first: use its key
+            os.link(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def load_master_key(settings: Settings) -> bytes:
     """The key that encrypts secrets at rest.
 
@@ -335,12 +357,5 @@ def load_master_key(settings: Settings) -> bytes:
         )
     path = settings.data_dir / MASTER_KEY_FILE_NAME
     if not path.exists():
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another process created it first; read theirs
-        else:
-            with os.fdopen(fd, "w", encoding="ascii") as handle:
-                handle.write(generate_master_key() + "\n")
+        _create_key_file(path)
     return _decode_master_key(path.read_text(encoding="ascii"), str(path))

@@ -322,3 +322,22 @@ def test_unexpected_values_are_one_line(cli: Cli, monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv("VPNBOT_DATABASE")
     Path(".env").write_bytes(b"\xff\xfe=1\n")
     assert "cannot read .env" in cli.fails("plan", "list")
+
+
+def test_a_different_master_key_is_refused(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A database remembers its master key: another key (a fresh dev key from another data
+    directory, a mistyped production key) is refused before anything is written."""
+    from controller.settings import generate_master_key, load_settings
+
+    url = load_settings().database_url  # pin it: SQLite lives in the first data directory
+    monkeypatch.setenv("VPNBOT_DATABASE__URL", url)
+    cli.ok("plan", "add", "--name", "A", "--days", "1", "--price", "1")
+    monkeypatch.setenv("VPNBOT_DATA_DIR", str(tmp_path / "elsewhere"))
+    assert "not the key this database was set up with" in cli.fails("plan", "list")
+    monkeypatch.setenv("VPNBOT_SECURITY__MASTER_KEY", generate_master_key())
+    assert "not the key this database was set up with" in cli.fails("plan", "list")
+    monkeypatch.delenv("VPNBOT_SECURITY__MASTER_KEY")
+    monkeypatch.setenv("VPNBOT_DATA_DIR", str(tmp_path / "data"))
+    assert "A" in cli.ok("plan", "list")

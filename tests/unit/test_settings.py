@@ -582,3 +582,31 @@ def test_master_key_accepts_both_base64_alphabets(monkeypatch: pytest.MonkeyPatc
         assert any(c in encoded for c in "+/-_")
         monkeypatch.setenv("VPNBOT_SECURITY__MASTER_KEY", encoded)
         assert load_master_key(load_settings()) == key
+
+
+def test_master_key_creation_is_safe_when_processes_start_together(tmp_path: Path) -> None:
+    """Several processes creating the dev key at once all end up with the same, whole key."""
+    import subprocess
+    import sys
+
+    for round_number in range(5):
+        data_dir = tmp_path / f"round{round_number}"
+        script = (
+            "import base64,sys;from controller.settings import load_settings,load_master_key;"
+            f"k=load_master_key(load_settings(data_dir={str(data_dir)!r}));"
+            "sys.stdout.write(base64.b64encode(k).decode())"
+        )
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-c", script],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=tmp_path,
+            )
+            for _ in range(4)
+        ]
+        results = [p.communicate(timeout=60) for p in processes]
+        assert all(p.returncode == 0 for p in processes), results
+        keys = {out for out, _err in results}
+        assert len(keys) == 1
+        assert sorted(p.name for p in data_dir.iterdir()) == ["master.key"]
