@@ -58,6 +58,7 @@ class DatabaseSettings(_Section):
     url: str | None = Field(
         default=None,
         description="SQLAlchemy URL; empty means SQLite in the data directory",
+        repr=False,  # may carry a password
     )
     echo: bool = False
     pool_size: int = Field(default=10, ge=1, le=200)
@@ -226,7 +227,16 @@ def _secret_values(settings: Settings) -> dict[str, str]:
             values[env_name("telegram", name)] = secret.get_secret_value()
     if settings.security.master_key is not None:
         values[env_name("security", "master_key")] = settings.security.master_key.get_secret_value()
+    if settings.database.url is not None:
+        password = make_url(settings.database.url).password
+        if password is not None:
+            values[env_name("database", "url") + " (its password)"] = str(password)
     return values
+
+
+# Kubernetes gives every pod VPNBOT_SERVICE_HOST, VPNBOT_PORT_8080_TCP... when a Service is
+# named "vpnbot". They are not ours and must not stop start-up.
+_KUBERNETES_SERVICE_LINK = re.compile(r"^VPNBOT_(SERVICE_[A-Z0-9_]+|PORT(_[A-Z0-9_]+)?)$")
 
 
 def check_unknown_env(names: Iterable[str], source: str = "") -> None:
@@ -238,7 +248,11 @@ def check_unknown_env(names: Iterable[str], source: str = "") -> None:
     where = f" in {source}" if source else ""
     for name in names:
         key = name.upper()
-        if not key.startswith(ENV_PREFIX) or key.startswith(ENV_PREFIX + "TEST_"):
+        if (
+            not key.startswith(ENV_PREFIX)
+            or key.startswith(ENV_PREFIX + "TEST_")
+            or _KUBERNETES_SERVICE_LINK.match(key)
+        ):
             continue
         parts = key[len(ENV_PREFIX) :].lower().split(NESTED_DELIMITER)
         top = parts[0]

@@ -610,3 +610,30 @@ def test_master_key_creation_is_safe_when_processes_start_together(tmp_path: Pat
         keys = {out for out, _err in results}
         assert len(keys) == 1
         assert sorted(p.name for p in data_dir.iterdir()) == ["master.key"]
+
+
+def test_kubernetes_service_links_are_not_mistaken_for_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in {
+        "VPNBOT_PORT": "tcp://10.0.0.1:8080",
+        "VPNBOT_PORT_8080_TCP": "tcp://10.0.0.1:8080",
+        "VPNBOT_PORT_8080_TCP_ADDR": "10.0.0.1",
+        "VPNBOT_SERVICE_HOST": "10.0.0.1",
+        "VPNBOT_SERVICE_PORT_HTTP": "8080",
+    }.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings().api.port == 8080
+
+
+def test_placeholder_database_password_is_refused_in_production(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("VPNBOT_DATABASE__URL", "postgresql://vpnbot:changeme@db/vpnbot")
+    assert load_settings().database.url  # fine in dev
+    monkeypatch.setenv("VPNBOT_ENV", "production")
+    with pytest.raises(SettingsError, match="VPNBOT_DATABASE__URL"):
+        load_settings()
+    monkeypatch.setenv("VPNBOT_DATABASE__URL", "postgresql://vpnbot:Zq8f3kP1x@db/vpnbot")
+    settings = load_settings()
+    assert "Zq8f3kP1x" not in repr(settings)
