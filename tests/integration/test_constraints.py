@@ -274,6 +274,18 @@ async def test_referral_to_self_refused(uow_factory: UnitOfWorkFactory) -> None:
     await _refused(uow_factory, Referral(referrer_id=user.id, referred_id=user.id))
 
 
+async def test_a_referral_outlives_its_referrer(uow_factory: UnitOfWorkFactory) -> None:
+    referrer, referred, other = _user(1), _user(2), _user(3)
+    await _add(uow_factory, referrer, referred, other)
+    await _add(uow_factory, Referral(referrer_id=referrer.id, referred_id=referred.id))
+    await _delete(uow_factory, User, referrer.id)
+    async with uow_factory() as uow:
+        rows = (await uow.session.execute(sa.select(Referral))).scalars().all()
+    assert [(r.referrer_id, r.referred_id) for r in rows] == [(None, referred.id)]
+    # Still referred once: nobody can refer them (again) for a second reward.
+    await _refused(uow_factory, Referral(referrer_id=other.id, referred_id=referred.id))
+
+
 async def test_dangling_references_refused(uow_factory: UnitOfWorkFactory) -> None:
     await _refused(uow_factory, Subscription(user_id=12345))
     await _refused(uow_factory, SupportTicket(user_id=12345, subject="s", description="d"))
@@ -413,7 +425,7 @@ async def test_deleting_user_with_payments_is_restricted(uow_factory: UnitOfWork
         assert payment.subscription_id is None
 
 
-async def test_deleting_plan_in_use_is_restricted_and_takes_its_promo_codes(
+async def test_plans_in_use_or_with_promo_codes_cannot_be_deleted(
     uow_factory: UnitOfWorkFactory,
 ) -> None:
     user = _user(1)
@@ -424,12 +436,15 @@ async def test_deleting_plan_in_use_is_restricted_and_takes_its_promo_codes(
         PromoCode(code="FORUNUSED", kind=PromoKind.PERCENT, value=10, plan_id=unused.id),
         PromoCode(code="GENERAL", kind=PromoKind.PERCENT, value=10),
     )
+    spare = _plan(name="spare")
+    await _add(uow_factory, spare)
     await _delete_refused(uow_factory, SubscriptionPlan, used.id)
-    await _delete(uow_factory, SubscriptionPlan, unused.id)
-    assert await _count(uow_factory, SubscriptionPlan) == 1
+    await _delete_refused(uow_factory, SubscriptionPlan, unused.id)  # a promo code is for it
+    await _delete(uow_factory, SubscriptionPlan, spare.id)
+    assert await _count(uow_factory, SubscriptionPlan) == 2
     async with uow_factory() as uow:
         codes = (await uow.session.execute(sa.select(PromoCode.code))).scalars().all()
-    assert codes == ["GENERAL"]
+    assert sorted(codes) == ["FORUNUSED", "GENERAL"]
 
 
 async def test_server_with_configs_cannot_be_deleted(uow_factory: UnitOfWorkFactory) -> None:

@@ -193,8 +193,9 @@ class PromoCode(TimestampMixin, Base):
     value: Mapped[int]
     max_uses: Mapped[int | None]
     uses_count: Mapped[int] = mapped_column(default=0)
-    # A code for one plan goes away with it; it must never widen to every plan.
-    plan_id: Mapped[int | None] = mapped_column(fk("subscription_plans.id", "CASCADE"))
+    # Plans are deactivated, not deleted; deleting one would erase (or, with SET NULL,
+    # widen to every plan) the codes made for it and their redemption history.
+    plan_id: Mapped[int | None] = mapped_column(fk("subscription_plans.id", "RESTRICT"))
     valid_from: Mapped[datetime | None]
     valid_until: Mapped[datetime | None]
     is_active: Mapped[bool] = mapped_column(default=True)

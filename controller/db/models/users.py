@@ -101,7 +101,8 @@ class Referral(Base):
     )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
-    referrer_id: Mapped[int] = mapped_column(fk("users.id", "CASCADE"))
+    # The record outlives the referrer: a referred user stays referred (and rewarded) once.
+    referrer_id: Mapped[int | None] = mapped_column(fk("users.id", "SET NULL"))
     referred_id: Mapped[int] = mapped_column(fk("users.id", "CASCADE"), unique=True)
     reward_days: Mapped[int | None]
     rewarded_at: Mapped[datetime | None]
