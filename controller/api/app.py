@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import sqlalchemy as sa
@@ -14,7 +11,6 @@ from fastapi.responses import JSONResponse
 
 from controller import __version__
 from controller.bootstrap import Container
-from controller.scheduler import Scheduler
 
 log = structlog.get_logger(__name__)
 
@@ -27,26 +23,10 @@ def get_container(request: Request) -> Container:
 ContainerDep = Annotated[Container, Depends(get_container)]
 
 
-def create_app(container: Container, scheduler: Scheduler | None = None) -> FastAPI:
-    @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        task: asyncio.Task[None] | None = None
-        if scheduler is not None and scheduler.jobs:
-            task = asyncio.create_task(scheduler.run(), name="scheduler")
-            log.info("scheduler_started", jobs=[job.name for job in scheduler.jobs])
-        try:
-            yield
-        finally:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                log.info("scheduler_stopped")
-
+def create_app(container: Container) -> FastAPI:
     app = FastAPI(
         title="vpnbot controller",
         version=__version__,
-        lifespan=lifespan,
         docs_url=None if not container.settings.is_dev else "/docs",
         redoc_url=None,
     )

@@ -140,3 +140,4 @@ def test_run_on_a_busy_port_fails_clearly(tmp_path: Path) -> None:
         f"vpnbot: error: could not listen on 127.0.0.1:{port} (see the log above)"
     )
     assert "address already in use" in err
+    assert "scheduler_started" not in err  # no job ran for a server that never listened
