@@ -44,7 +44,10 @@ def upgrade(ctx: click.Context, revision: str) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask; data in dropped tables is lost.")
 @click.pass_context
 def downgrade(ctx: click.Context, revision: str, yes: bool) -> None:
-    """Revert migrations down to REVISION ('base' empties the schema: all data is lost)."""
+    """Revert migrations down to REVISION ('base' empties the schema: all data is lost).
+
+    A relative target needs `--` before it: vpnbot db downgrade -- -1
+    """
     settings = settings_from(ctx)
     confirm_destructive(yes, f"Downgrade the database to {revision}? Dropped data is lost.")
     current = run(_with_engine(settings.database_url, "downgrade", revision))

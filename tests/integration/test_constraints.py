@@ -325,7 +325,7 @@ async def test_enum_check_refuses_unknown_value_from_raw_sql(
 async def test_naive_datetime_is_refused(uow_factory: UnitOfWorkFactory) -> None:
     user = _user(1)
     await _add(uow_factory, user)
-    naive = datetime(2026, 1, 1, 12, 0)  # naive on purpose
+    naive = datetime(2026, 1, 1, 12, 0)  # noqa: DTZ001 - naive on purpose
     async with uow_factory() as uow:
         uow.session.add(Subscription(user_id=user.id, expires_at=naive))
         with pytest.raises(StatementError, match="naive datetime") as caught:

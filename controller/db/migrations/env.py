@@ -1,7 +1,8 @@
 """Alembic environment: runs on the connection handed over by controller.db.migrate.
 
-Running ``alembic`` directly is also supported (``alembic -c`` is not needed): without a
-handed-over connection, an async engine is made from ``sqlalchemy.url``.
+Use ``vpnbot db upgrade|downgrade|current`` (and, for developers, the hidden
+``vpnbot db revision -m slug``); there is no alembic.ini. Should Alembic be driven some
+other way without a handed-over connection, an async engine is made from ``sqlalchemy.url``.
 """
 
 from __future__ import annotations
