@@ -55,12 +55,13 @@ async def verify_master_key(uow_factory: UnitOfWorkFactory, box: SecretBox) -> N
                     ) from None
                 return
             blob = box.encrypt(_KEY_CHECK_PLAINTEXT, _KEY_CHECK_CONTEXT)
-            await uow.app_settings.set(KEY_CHECK_SETTING, base64.b64encode(blob).decode())
             try:
+                await uow.app_settings.set(KEY_CHECK_SETTING, base64.b64encode(blob).decode())
                 await uow.commit()
             except IntegrityError:
                 continue  # another process stored its check first: verify against that
             return
+    raise RuntimeError("the master key check could not be stored or read; try again")
 
 
 @dataclass

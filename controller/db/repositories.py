@@ -36,16 +36,19 @@ class _Repository:
     ) -> _T | None:
         """The single row ``stmt`` selects, optionally locked.
 
-        ``for_update`` takes a write lock (SELECT ... FOR UPDATE), ``for_share`` a read lock
+        ``for_update`` takes a write lock (SELECT ... FOR NO KEY UPDATE), ``for_share`` a read lock
         that makes a concurrent writer of the row (e.g. a ban) wait, or be waited for. A locked
         read always refreshes an object the session already holds: the values it loaded
         before the lock may be stale. (SQLite ignores the clauses; its writers are serialised
         by BEGIN IMMEDIATE.)
         """
         if for_update or for_share:
-            stmt = stmt.with_for_update(read=not for_update).execution_options(
-                populate_existing=True
-            )
+            # FOR NO KEY UPDATE rather than FOR UPDATE: rows that merely reference this one
+            # (an audit entry naming its actor, a new subscription of a user) take KEY SHARE
+            # locks, and must neither block on it nor deadlock two admins acting on each other.
+            stmt = stmt.with_for_update(
+                read=not for_update, key_share=for_update
+            ).execution_options(populate_existing=True)
         return (await self.session.execute(stmt)).scalar_one_or_none()
 
     def _insert(self, entity: type[Base]) -> Any:

@@ -151,15 +151,15 @@ class PlanService(Service):
 
     async def get(self, plan_id: int) -> SubscriptionPlan:
         async with self._uow() as uow:
-            return await _require(uow, plan_id)
+            return await _require(uow, plan_id, for_update=False)
 
     async def list(self, *, active_only: bool = False) -> Sequence[SubscriptionPlan]:
         async with self._uow() as uow:
             return await uow.plans.list(active_only=active_only)
 
 
-async def _require(uow: UnitOfWork, plan_id: int) -> SubscriptionPlan:
-    plan = await uow.plans.get(plan_id, for_update=True)
+async def _require(uow: UnitOfWork, plan_id: int, *, for_update: bool = True) -> SubscriptionPlan:
+    plan = await uow.plans.get(plan_id, for_update=for_update)
     if plan is None:
         raise PlanNotFound(f"no plan with id {plan_id}")
     return plan

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from controller.db.models import User
 from controller.db.uow import UnitOfWork, UnitOfWorkFactory
-from controller.domain.enums import PromoKind, SubscriptionStatus, SuspendReason
+from controller.domain.enums import PromoKind, SubscriptionStatus, SuspendReason, UserRole
 from controller.domain.errors import PromoCodeExhausted, UserBanned
 from controller.services import Actor, Services
 from controller.services.plans import PlanDraft
@@ -186,3 +186,22 @@ async def services_ban_subscriptions(uow: UnitOfWork, user_id: int) -> None:
         subscription.status = SubscriptionStatus.SUSPENDED
         subscription.suspend_reason = SuspendReason.BANNED
     await uow.session.flush()
+
+
+async def test_two_admins_banning_each_other_do_not_deadlock(services: Services) -> None:
+    """The audit entry of each ban references its actor's user row; locking the target must
+    not conflict with that reference (FOR NO KEY UPDATE vs KEY SHARE)."""
+    first = await services.users.set_role(Actor.cli(), 4001, UserRole.ADMIN)
+    second = await services.users.set_role(Actor.cli(), 4002, UserRole.ADMIN)
+    as_first = Actor.telegram(first.telegram_id, first.id)
+    as_second = Actor.telegram(second.telegram_id, second.id)
+    for _ in range(10):
+        await asyncio.gather(
+            services.users.ban(as_first, second.telegram_id),
+            services.users.ban(as_second, first.telegram_id),
+        )
+        await asyncio.gather(
+            services.users.unban(as_first, second.telegram_id),
+            services.users.unban(as_second, first.telegram_id),
+        )
+    assert not (await services.users.get(first.telegram_id)).is_banned
