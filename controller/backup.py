@@ -7,12 +7,13 @@ child gets a minimal environment, not vpnbot's secrets.
 
 A backup is written to a temporary file next to the target and moved into place only when it
 is complete, so a failed run leaves nothing behind. A restore refuses files that are not
-vpnbot backups or that a newer vpnbot wrote.
+vpnbot backups or that a newer vpnbot wrote, and saves the current contents first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
 import sqlite3
@@ -20,12 +21,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
 
 from controller.db import migrate
-from controller.db.engine import is_sqlite, sqlite_path
+from controller.db.engine import create_engine, is_sqlite, sqlite_path
 from controller.proc import CommandError, run_command
 
 PG_TIMEOUT_SECONDS = 3600.0
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS}
 _CHILD_ENV_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 # asyncpg's ssl= values, as libpq's sslmode understands them.
 _SSL_MODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
@@ -35,10 +38,20 @@ class BackupError(Exception):
     pass
 
 
-def default_backup_path(data_dir: Path, url: str) -> Path:
+def _stamped(directory: Path, prefix: str, suffix: str) -> Path:
+    """A new file name with the UTC time; never one that exists already."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    candidate = directory / f"{prefix}-{stamp}.{suffix}"
+    counter = 1
+    while candidate.exists():
+        counter += 1
+        candidate = directory / f"{prefix}-{stamp}-{counter}.{suffix}"
+    return candidate
+
+
+def default_backup_path(data_dir: Path, url: str) -> Path:
     suffix = "sqlite3" if is_sqlite(url) else "pgdump"
-    return data_dir / "backups" / f"vpnbot-{stamp}.{suffix}"
+    return _stamped(data_dir / "backups", "vpnbot", suffix)
 
 
 async def backup(url: str, out: Path) -> Path:
@@ -54,24 +67,68 @@ async def backup(url: str, out: Path) -> Path:
             await asyncio.to_thread(_sqlite_copy, _sqlite_file(url, must_exist=True), partial)
         else:
             await _pg_dump(make_url(url), partial)
-        try:
-            os.link(partial, out)  # atomic, and never replaces a file that appeared meanwhile
-        except FileExistsError:
-            raise BackupError(f"{out} already exists; choose another file") from None
+        _place(partial, out)
     finally:
         partial.unlink(missing_ok=True)
     return out
 
 
-async def restore(url: str, source: Path) -> None:
+def _place(partial: Path, out: Path) -> None:
+    """Move a finished backup into place without ever replacing an existing file."""
+    try:
+        os.link(partial, out)  # atomic, and fails if the name appeared meanwhile
+    except FileExistsError:
+        raise BackupError(f"{out} already exists; choose another file") from None
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise BackupError(f"cannot write {out}: {exc.strerror}") from None
+        # A filesystem without hard links (vfat, some network mounts): check, then rename.
+        if out.exists():
+            raise BackupError(f"{out} already exists; choose another file") from None
+        os.replace(partial, out)
+
+
+async def restore(url: str, source: Path, *, safety_dir: Path) -> Path | None:
+    """Replace the database with ``source``.
+
+    The current contents are first saved to ``safety_dir`` (returned), so a wrong file or a
+    failed restore can be undone. PostgreSQL: the ``public`` schema is emptied before the
+    restore, so no table of a newer schema is left behind.
+    """
     if not source.is_file():  # noqa: ASYNC240 - one stat()
         raise BackupError(f"{source} is not a file")
     if is_sqlite(url):
         await asyncio.to_thread(_check_sqlite_backup, source)
-        await asyncio.to_thread(_sqlite_copy, source, _sqlite_file(url, must_exist=False))
-    else:
-        await _check_pg_backup(source)
-        await _pg_restore(make_url(url), source)
+        target = _sqlite_file(url, must_exist=False)
+        safety = None
+        if target.is_file():
+            safety = await backup(url, _stamped(safety_dir, "vpnbot-pre-restore", "sqlite3"))
+        await asyncio.to_thread(_sqlite_copy, source, target, source_is_backup=True)
+        return safety
+    await _check_pg_backup(source)
+    pg_url = make_url(url)
+    safety = await backup(url, _stamped(safety_dir, "vpnbot-pre-restore", "pgdump"))
+    await _reset_public_schema(url)
+    try:
+        await _pg_restore(pg_url, source)
+    except BackupError as exc:
+        raise BackupError(
+            f"{exc}. The database was emptied for the restore; its previous contents are in "
+            f"{safety} (restore that file to go back)"
+        ) from None
+    return safety
+
+
+async def _reset_public_schema(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.exec_driver_sql("DROP SCHEMA IF EXISTS public CASCADE")
+            await connection.exec_driver_sql("CREATE SCHEMA public")
+    except DBAPIError as exc:
+        raise BackupError(f"cannot empty the database for the restore: {exc.orig}") from None
+    finally:
+        await engine.dispose()
 
 
 def _sqlite_file(url: str, *, must_exist: bool) -> Path:
@@ -83,14 +140,18 @@ def _sqlite_file(url: str, *, must_exist: bool) -> Path:
     return path
 
 
-def _sqlite_copy(source: Path, target: Path) -> None:
+def _sqlite_copy(source: Path, target: Path, *, source_is_backup: bool = False) -> None:
+    """Copy with SQLite's backup API. A backup file is left in rollback-journal mode, so it
+    can later be read from read-only media; the live database keeps its WAL mode."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+        src = sqlite3.connect(_ro_uri(source, immutable=source_is_backup), uri=True)
         try:
             dst = sqlite3.connect(target)
             try:
                 src.backup(dst)
+                if not source_is_backup:
+                    dst.execute("PRAGMA journal_mode=DELETE")
             finally:
                 dst.close()
         finally:
@@ -102,7 +163,7 @@ def _sqlite_copy(source: Path, target: Path) -> None:
 def _check_sqlite_backup(source: Path) -> None:
     """Refuse files that are not vpnbot databases, or that a newer vpnbot wrote."""
     try:
-        connection = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+        connection = sqlite3.connect(_ro_uri(source, immutable=True), uri=True)
         try:
             rows = connection.execute("SELECT version_num FROM alembic_version").fetchall()
         finally:
@@ -112,10 +173,21 @@ def _check_sqlite_backup(source: Path) -> None:
     _check_revisions(source, tuple(row[0] for row in rows))
 
 
+def _ro_uri(path: Path, *, immutable: bool) -> str:
+    # immutable=1: a backup file is not being written, so SQLite needs no lock or -shm file.
+    return f"file:{path}?mode=ro{'&immutable=1' if immutable else ''}"
+
+
 def _check_revisions(source: Path, revisions: tuple[str, ...]) -> None:
     if not revisions:
         raise BackupError(f"{source} holds no vpnbot schema revision; refusing to restore it")
-    migrate.check_known(revisions)
+    try:
+        migrate.check_known(revisions)
+    except migrate.DatabaseTooNewError:
+        raise BackupError(
+            f"{source} was made by a newer vpnbot (schema revision {', '.join(revisions)}, "
+            f"this vpnbot knows up to {migrate.head_revision()}): upgrade vpnbot to restore it"
+        ) from None
 
 
 def _libpq_env(url: URL) -> dict[str, str]:
@@ -135,6 +207,11 @@ def _libpq_env(url: URL) -> dict[str, str]:
         if value:
             env[key] = value
     query = {k: v if isinstance(v, str) else v[-1] for k, v in url.query.items()}
+    # ?host=/cloudsql/... (a socket directory) and ?port= are common in hosted setups.
+    if not url.host and query.get("host"):
+        env["PGHOST"] = query["host"]
+    if not url.port and query.get("port"):
+        env["PGPORT"] = query["port"]
     mode = query.get("sslmode") or query.get("ssl")
     if mode in _SSL_MODES:
         env["PGSSLMODE"] = mode
@@ -184,8 +261,7 @@ async def _pg_restore(url: URL, source: Path) -> None:
     await _run_pg(
         [
             tool,
-            "--clean",
-            "--if-exists",
+            "--exit-on-error",
             "--no-owner",
             "--single-transaction",
             f"--dbname={env.get('PGDATABASE', '')}",

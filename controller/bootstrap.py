@@ -8,12 +8,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import structlog
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from controller.crypto import DecryptionError, SecretBox
 from controller.db import migrate
-from controller.db.engine import create_engine, create_session_factory
+from controller.db.engine import create_engine, create_session_factory, ping
 from controller.db.uow import UnitOfWorkFactory, make_uow_factory
 from controller.services import Services, build_services
 from controller.settings import Settings, SettingsError, load_master_key
@@ -41,27 +40,26 @@ async def verify_master_key(uow_factory: UnitOfWorkFactory, box: SecretBox) -> N
     Without this, a mistyped production key, or a dev key generated afresh in another
     working directory, would only show up when a client's stored secrets fail to decrypt.
     """
-    for _attempt in range(2):
-        async with uow_factory() as uow:
-            row = await uow.app_settings.get(KEY_CHECK_SETTING)
-            if row is not None:
-                try:
-                    box.decrypt(base64.b64decode(row.value), _KEY_CHECK_CONTEXT)
-                except (DecryptionError, ValueError, TypeError):
-                    raise MasterKeyMismatchError(
-                        "the master key (VPNBOT_SECURITY__MASTER_KEY, or master.key in "
-                        "VPNBOT_DATA_DIR) is not the key this database was set up with; "
-                        "start with the original key"
-                    ) from None
-                return
-            blob = box.encrypt(_KEY_CHECK_PLAINTEXT, _KEY_CHECK_CONTEXT)
-            try:
-                await uow.app_settings.set(KEY_CHECK_SETTING, base64.b64encode(blob).decode())
-                await uow.commit()
-            except IntegrityError:
-                continue  # another process stored its check first: verify against that
+    async with uow_factory() as uow:
+        blob = box.encrypt(_KEY_CHECK_PLAINTEXT, _KEY_CHECK_CONTEXT)
+        # Insert-only: of several first starts at once exactly one stores its check, and the
+        # others then verify against it (never overwrite it).
+        if await uow.app_settings.insert_if_absent(
+            KEY_CHECK_SETTING, base64.b64encode(blob).decode()
+        ):
+            await uow.commit()
             return
-    raise RuntimeError("the master key check could not be stored or read; try again")
+    async with uow_factory() as uow:
+        row = await uow.app_settings.get(KEY_CHECK_SETTING)
+        assert row is not None, "the master key check vanished"
+        try:
+            box.decrypt(base64.b64decode(row.value), _KEY_CHECK_CONTEXT)
+        except (DecryptionError, ValueError, TypeError):
+            raise MasterKeyMismatchError(
+                "the master key (VPNBOT_SECURITY__MASTER_KEY, or master.key in "
+                "VPNBOT_DATA_DIR) is not the key this database was set up with; "
+                "start with the original key"
+            ) from None
 
 
 @dataclass
@@ -75,6 +73,7 @@ class Container:
 
 
 async def prepare_database(engine: AsyncEngine, *, auto_migrate: bool) -> None:
+    await ping(engine)
     if auto_migrate:
         await migrate.upgrade(engine)
     elif not await migrate.is_up_to_date(engine):

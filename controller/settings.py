@@ -10,10 +10,12 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
 import os
 import re
 import secrets
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -234,12 +236,28 @@ def _secret_values(settings: Settings) -> dict[str, str]:
     return values
 
 
-# Kubernetes gives every pod VPNBOT_SERVICE_HOST, VPNBOT_PORT_8080_TCP... when a Service is
-# named "vpnbot". They are not ours and must not stop start-up.
-_KUBERNETES_SERVICE_LINK = re.compile(r"^VPNBOT_(SERVICE_[A-Z0-9_]+|PORT(_[A-Z0-9_]+)?)$")
+# Kubernetes gives every pod variables for each Service in its namespace: for a Service named
+# "vpnbot" or "vpnbot-redis", VPNBOT_SERVICE_HOST, VPNBOT_REDIS_SERVICE_PORT,
+# VPNBOT_REDIS_PORT=tcp://10.0.0.5:6379, VPNBOT_REDIS_PORT_6379_TCP_ADDR... They are not ours
+# and must not stop start-up. Our own keys never contain a single "_PORT"/"_SERVICE_" part
+# like these, and a bare "..._PORT" is only taken for a service link when its value looks
+# like one (so a typo such as VPNBOT_API_PORT=9000 is still refused).
+_K8S_NAMED = re.compile(
+    r"^VPNBOT(_[A-Z0-9]+)*_(SERVICE_(HOST|PORT)(_[A-Z0-9_]+)?|PORT_\d+_(TCP|UDP|SCTP)(_(ADDR|PORT|PROTO))?)$"
+)
+_K8S_PORT = re.compile(r"^VPNBOT(_[A-Z0-9]+)*_PORT$")
+_K8S_PORT_VALUE = re.compile(r"^(tcp|udp|sctp)://")
 
 
-def check_unknown_env(names: Iterable[str], source: str = "") -> None:
+def _is_kubernetes_service_link(key: str, value: str | None) -> bool:
+    if "__" in key:
+        return False
+    if _K8S_NAMED.match(key):
+        return True
+    return bool(_K8S_PORT.match(key) and value and _K8S_PORT_VALUE.match(value))
+
+
+def check_unknown_env(names: Iterable[str] | Mapping[str, str | None], source: str = "") -> None:
     """Refuse ``VPNBOT_*`` names that match no setting (a typo would silently do nothing).
 
     Names are case-insensitive, as pydantic-settings reads them.
@@ -251,7 +269,9 @@ def check_unknown_env(names: Iterable[str], source: str = "") -> None:
         if (
             not key.startswith(ENV_PREFIX)
             or key.startswith(ENV_PREFIX + "TEST_")
-            or _KUBERNETES_SERVICE_LINK.match(key)
+            or _is_kubernetes_service_link(
+                key, names.get(name) if isinstance(names, Mapping) else None
+            )
         ):
             continue
         parts = key[len(ENV_PREFIX) :].lower().split(NESTED_DELIMITER)
@@ -278,7 +298,7 @@ def load_settings(**overrides: Any) -> Settings:
     env_file = Path(str(Settings.model_config.get("env_file") or ".env"))
     if env_file.is_file():
         try:
-            names = dotenv_values(env_file, encoding="utf-8").keys()
+            names = dotenv_values(env_file, encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise SettingsError(f"cannot read {env_file}: {exc}") from None
         check_unknown_env(names, str(env_file))
@@ -338,8 +358,19 @@ def _create_key_file(path: Path) -> None:
             handle.write(generate_master_key() + "\n")
             handle.flush()
             os.fsync(handle.fileno())
-        with contextlib.suppress(FileExistsError):  # another process was first: use its key
+        try:
             os.link(temporary, path)
+        except FileExistsError:
+            pass  # another process was first: use its key
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            # No hard links here (vfat, some network mounts): exclusive create instead;
+            # readers wait for the content (see _read_key_file).
+            with contextlib.suppress(FileExistsError):
+                fd2 = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd2, "w", encoding="ascii") as handle:
+                    handle.write(temporary.read_text(encoding="ascii"))
     finally:
         temporary.unlink(missing_ok=True)
 
@@ -372,4 +403,15 @@ def load_master_key(settings: Settings) -> bytes:
     path = settings.data_dir / MASTER_KEY_FILE_NAME
     if not path.exists():
         _create_key_file(path)
-    return _decode_master_key(path.read_text(encoding="ascii"), str(path))
+    return _decode_master_key(_read_key_file(path), str(path))
+
+
+def _read_key_file(path: Path) -> str:
+    """The key file's text; a file another process is still writing (only possible where the
+    atomic hard-link creation is unavailable) is waited for briefly."""
+    for _ in range(50):
+        text = path.read_text(encoding="ascii")
+        if text.strip() or time.time() - path.stat().st_mtime > 5:
+            return text
+        time.sleep(0.05)
+    return text

@@ -6,7 +6,7 @@ import click
 
 from controller.cli.common import confirm_destructive, run, settings_from
 from controller.db import migrate
-from controller.db.engine import create_engine
+from controller.db.engine import create_engine, ping
 
 
 @click.group("db")
@@ -17,6 +17,7 @@ def db_group() -> None:
 async def _with_engine(url: str, action: str, revision: str | None = None) -> str:
     engine = create_engine(url)
     try:
+        await ping(engine)
         if action == "upgrade":
             await migrate.upgrade(engine, revision or "head")
         elif action == "downgrade":

@@ -18,6 +18,7 @@ from controller.bootstrap import SchemaOutOfDateError
 from controller.cli.common import confirm_destructive, run, settings_from
 from controller.cli.db import db_group
 from controller.cli.manage import admin_group, plan_group, user_group
+from controller.db.engine import DatabaseUnavailableError
 from controller.db.migrate import DatabaseTooNewError, MigrationError
 from controller.domain.errors import DomainError
 from controller.settings import SettingsError, generate_master_key
@@ -26,6 +27,7 @@ log = structlog.get_logger(__name__)
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -83,13 +85,20 @@ def backup_command(ctx: click.Context, out: Path | None) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask; replace the current database.")
 @click.pass_context
 def restore_command(ctx: click.Context, file: Path, yes: bool) -> None:
-    """Replace the database with FILE (made by `vpnbot backup`). Stop `vpnbot run` first."""
+    """Replace the database with FILE (made by `vpnbot backup`). Stop `vpnbot run` first.
+
+    The current contents are saved to DATA_DIR/backups first.
+    """
     from controller import backup
 
     settings = settings_from(ctx)
     confirm_destructive(yes, f"Replace the current database with {file}?")
-    run(backup.restore(settings.database_url, file))
+    safety = run(
+        backup.restore(settings.database_url, file, safety_dir=settings.data_dir / "backups")
+    )
     click.echo(f"database restored from {file}")
+    if safety is not None:
+        click.echo(f"the previous contents are saved in {safety}")
 
 
 @cli.command("keygen")
@@ -118,13 +127,17 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(exc.format_message() + hint, EXIT_USAGE)
     except click.ClickException as exc:
         return _fail(exc.format_message(), exc.exit_code or EXIT_FAILURE)
-    except click.Abort:
+    except click.Abort as exc:
+        if isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
+            click.echo("", err=True)  # end the ^C line; an interrupt is not an error
+            return EXIT_INTERRUPTED
         return _fail("aborted", EXIT_FAILURE)
     except (
         SettingsError,
         DomainError,
         BackupError,
         DatabaseTooNewError,
+        DatabaseUnavailableError,
         MigrationError,
         SchemaOutOfDateError,
     ) as exc:
@@ -138,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         return _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # a bug: still one line, the traceback on request
         if os.environ.get("VPNBOT_LOG__LEVEL", "").upper() == "DEBUG":
             traceback.print_exc()

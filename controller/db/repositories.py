@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from controller.db.base import utcnow
 from controller.db.models import (
     AdminAuditLog,
     AppSetting,
@@ -262,6 +263,16 @@ class ActivityRepository(_Repository):
 class AppSettingsRepository(_Repository):
     async def get(self, key: str) -> AppSetting | None:
         return await self.session.get(AppSetting, key)
+
+    async def insert_if_absent(self, key: str, value: Any) -> bool:
+        """Store ``value`` under ``key`` unless the key exists; True when this call stored it."""
+        stmt = (
+            self._insert(AppSetting)
+            .values(key=key, value=value, updated_at=utcnow())
+            .on_conflict_do_nothing(index_elements=["key"])
+            .returning(AppSetting.key)
+        )
+        return (await self.session.execute(stmt)).scalar_one_or_none() is not None
 
     async def set(self, key: str, value: Any, *, updated_by_id: int | None = None) -> None:
         row = await self.session.get(AppSetting, key)

@@ -215,9 +215,14 @@ def test_backup_and_restore(cli: Cli, tmp_path: Path, request: pytest.FixtureReq
     cli.ok("plan", "add", "--name", "Lost", "--days", "30", "--price", "100")
     assert "--yes" in cli.fails("restore", str(target), code=2)
     assert "Lost" in cli.ok("plan", "list")  # the refused restore changed nothing
-    cli.ok("restore", str(target), "--yes")
+    out = cli.ok("restore", str(target), "--yes")
     listing = cli.ok("plan", "list")
     assert "Kept" in listing and "Lost" not in listing
+    # The replaced contents were saved first, so the restore can be undone.
+    saved = out.strip().splitlines()[-1].removeprefix("the previous contents are saved in ")
+    assert "vpnbot-pre-restore-" in saved
+    cli.ok("restore", saved, "--yes")
+    assert "Lost" in cli.ok("plan", "list")
     default = cli.ok("backup")
     assert "backups/vpnbot-" in default
 
@@ -296,7 +301,7 @@ def test_pg_restore_refuses_a_newer_or_foreign_dump(pg_cli: Cli, tmp_path: Path)
     _stamp_future_revision()
     newer = tmp_path / "newer.pgdump"
     cli.ok("backup", "--out", str(newer))
-    assert "newer version" in cli.fails("restore", str(newer), "--yes")
+    assert "made by a newer vpnbot" in cli.fails("restore", str(newer), "--yes")
     cli.ok("restore", str(current), "--yes")  # the refusals changed nothing restorable
     assert "Current" in cli.ok("plan", "list")
 
@@ -341,3 +346,72 @@ def test_a_different_master_key_is_refused(
     monkeypatch.delenv("VPNBOT_SECURITY__MASTER_KEY")
     monkeypatch.setenv("VPNBOT_DATA_DIR", str(tmp_path / "data"))
     assert "A" in cli.ok("plan", "list")
+
+
+def test_sqlite_backup_file_is_readable_from_read_only_media(
+    sqlite_cli: Cli, tmp_path: Path
+) -> None:
+    """The live database runs in WAL mode; a backup file must not need a -shm file to open."""
+    cli = sqlite_cli
+    cli.ok("plan", "add", "--name", "Kept", "--days", "30", "--price", "100")
+    target = tmp_path / "b.sqlite3"
+    cli.ok("backup", "--out", str(target))
+    header = target.read_bytes()[:20]
+    assert header[18:20] == b"\x01\x01"  # rollback journal, not WAL (2, 2)
+
+
+def test_pg_restore_leaves_no_table_of_the_replaced_schema(pg_cli: Cli, tmp_path: Path) -> None:
+    import asyncio
+
+    import sqlalchemy as sa
+
+    from controller.db.engine import create_engine
+    from controller.settings import load_settings
+
+    need(shutil.which("pg_restore") is not None, "pg_restore is not installed")
+    cli = pg_cli
+    cli.ok("plan", "add", "--name", "Kept", "--days", "30", "--price", "100")
+    target = tmp_path / "b.pgdump"
+    cli.ok("backup", "--out", str(target))
+
+    async def tables() -> set[str]:
+        engine = create_engine(load_settings().database_url)
+        async with engine.begin() as connection:
+            await connection.execute(sa.text("CREATE TABLE IF NOT EXISTS stray (id int)"))
+        await engine.dispose()
+        engine = create_engine(load_settings().database_url)
+        async with engine.connect() as connection:
+            names = await connection.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
+        await engine.dispose()
+        return names
+
+    assert "stray" in asyncio.run(tables())
+    cli.ok("restore", str(target), "--yes")
+
+    async def after() -> set[str]:
+        engine = create_engine(load_settings().database_url)
+        async with engine.connect() as connection:
+            names = await connection.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
+        await engine.dispose()
+        return names
+
+    remaining = asyncio.run(after())
+    assert "stray" not in remaining and "users" in remaining
+    cli.ok("db", "upgrade")
+
+
+def test_pg_socket_url_works_for_the_app_and_backups(
+    pg_cli: Cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    need(Path("/var/run/postgresql").is_dir(), "no local PostgreSQL socket directory")
+    need(shutil.which("pg_dump") is not None, "pg_dump is not installed")
+    cli = pg_cli
+    database = os.environ["VPNBOT_DATABASE__URL"].rsplit("/", 1)[1]
+    monkeypatch.setenv(
+        "VPNBOT_DATABASE__URL", f"postgresql://postgres@/{database}?host=/var/run/postgresql"
+    )
+    cli.ok("plan", "add", "--name", "ViaSocket", "--days", "1", "--price", "1")
+    target = tmp_path / "socket.pgdump"
+    cli.ok("backup", "--out", str(target))
+    cli.ok("restore", str(target), "--yes")
+    assert "ViaSocket" in cli.ok("plan", "list")

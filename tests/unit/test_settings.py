@@ -621,9 +621,17 @@ def test_kubernetes_service_links_are_not_mistaken_for_settings(
         "VPNBOT_PORT_8080_TCP_ADDR": "10.0.0.1",
         "VPNBOT_SERVICE_HOST": "10.0.0.1",
         "VPNBOT_SERVICE_PORT_HTTP": "8080",
+        "VPNBOT_POSTGRESQL_SERVICE_HOST": "10.0.0.2",
+        "VPNBOT_REDIS_PORT": "tcp://10.0.0.5:6379",
+        "VPNBOT_REDIS_PORT_6379_TCP_PROTO": "tcp",
+        "VPNBOT_API_SERVICE_PORT": "8080",
     }.items():
         monkeypatch.setenv(name, value)
     assert load_settings().api.port == 8080
+    # A look-alike typo of a real setting is still refused.
+    monkeypatch.setenv("VPNBOT_API_PORT", "9000")
+    with pytest.raises(SettingsError, match="VPNBOT_API_PORT"):
+        load_settings()
 
 
 def test_placeholder_database_password_is_refused_in_production(
@@ -637,3 +645,22 @@ def test_placeholder_database_password_is_refused_in_production(
     monkeypatch.setenv("VPNBOT_DATABASE__URL", "postgresql://vpnbot:Zq8f3kP1x@db/vpnbot")
     settings = load_settings()
     assert "Zq8f3kP1x" not in repr(settings)
+
+
+def test_master_key_file_on_a_filesystem_without_hard_links(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """vfat and some network mounts refuse link(2) with EPERM; the key is still created."""
+    import errno
+    import os
+
+    def no_links(_src: object, _dst: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    data_dir = tmp_path / "vfat"
+    first = load_master_key(load_settings(data_dir=data_dir))
+    second = load_master_key(load_settings(data_dir=data_dir))
+    assert first == second and len(first) == 32
+    assert sorted(p.name for p in data_dir.iterdir()) == ["master.key"]
+    assert (data_dir / "master.key").stat().st_mode & 0o777 == 0o600
