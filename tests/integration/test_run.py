@@ -102,7 +102,10 @@ def test_run_reports_unreachable_database_in_one_line(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     lines = result.stderr.decode().strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("vpnbot: error: "), lines
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(
+        f"vpnbot: error: cannot connect to the PostgreSQL database 'none' at 127.0.0.1:{port}: "
+    ), lines
     assert "Traceback" not in result.stderr.decode()
 
 
