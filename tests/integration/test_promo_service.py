@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -23,38 +24,20 @@ from controller.domain.errors import (
     UserNotFound,
 )
 from controller.services import Actor, Services
-from controller.services.plans import PlanDraft
 from controller.services.promo import PromoDraft
-from controller.services.users import TelegramProfile
 from tests.conftest import FakeClock
+from tests.integration.factories import make_plan, make_user
 
 ADMIN = Actor.cli()
 GIB = 1024**3
 
 
 async def _user(services: Services, telegram_id: int = 42) -> int:
-    return (await services.users.register(TelegramProfile(telegram_id=telegram_id))).user.id
+    return await make_user(services, telegram_id)
 
 
-async def _plan(
-    services: Services,
-    *,
-    days: int = 30,
-    price: int = 999,
-    traffic_gb: int | None = None,
-    name: str = "plan",
-) -> int:
-    plan = await services.plans.create(
-        ADMIN,
-        PlanDraft(
-            name=name,
-            duration_days=days,
-            price_minor=price,
-            traffic_limit_gb=traffic_gb,
-            device_limit=2,
-        ),
-    )
-    return plan.id
+async def _plan(services: Services, **values: Any) -> int:
+    return await make_plan(services, **{"price": 999, "devices": 2, **values})
 
 
 async def _promo_row(uow_factory: UnitOfWorkFactory, code: str) -> PromoCode:

@@ -19,38 +19,12 @@ from controller.domain.errors import (
     UserBanned,
     UserNotFound,
 )
-from controller.services import Actor, Services
-from controller.services.plans import PlanDraft
-from controller.services.users import TelegramProfile
+from controller.services import Services
 from tests.conftest import FakeClock
+from tests.integration.factories import ADMIN, GIB, make_plan, make_user
 
-GIB = 1024**3
-ADMIN = Actor.cli()
-
-
-async def _user(services: Services, telegram_id: int = 42) -> int:
-    return (await services.users.register(TelegramProfile(telegram_id=telegram_id))).user.id
-
-
-async def _plan(
-    services: Services,
-    *,
-    days: int = 30,
-    traffic_gb: int | None = None,
-    devices: int = 1,
-    name: str = "plan",
-) -> int:
-    plan = await services.plans.create(
-        ADMIN,
-        PlanDraft(
-            name=name,
-            duration_days=days,
-            price_minor=100,
-            traffic_limit_gb=traffic_gb,
-            device_limit=devices,
-        ),
-    )
-    return plan.id
+_user = make_user
+_plan = make_plan
 
 
 async def _set(uow_factory: UnitOfWorkFactory, subscription_id: int, **values: object) -> None:
