@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-ENTRY = [sys.executable, "-c", "from controller.cli.main import entrypoint; entrypoint()"]
+ENTRY = [sys.executable, "-c", "from controller.cli.entry import entrypoint; entrypoint()"]
 
 
 def _free_port() -> int:
@@ -144,3 +144,23 @@ def test_run_on_a_busy_port_fails_clearly(tmp_path: Path) -> None:
     )
     assert "address already in use" in err
     assert "scheduler_started" not in err  # no job ran for a server that never listened
+
+
+def test_ctrl_c_at_any_moment_is_quiet(tmp_path: Path) -> None:
+    """Ctrl+C while loading, migrating or serving: exit 130 (or 0 once serving), no traceback."""
+    for delay in (0.05, 0.4, 0.8, 1.5):
+        port = _free_port()
+        process = subprocess.Popen(
+            [*ENTRY, "run", "--port", str(port)],
+            cwd=tmp_path,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            # A shell's background jobs ignore SIGINT; a terminal's Ctrl+C does not.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=60)
+        assert process.returncode in (0, 130), (delay, process.returncode, out)
+        assert b"Traceback" not in out, (delay, out)
