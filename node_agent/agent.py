@@ -1,0 +1,244 @@
+"""The agent's core: holds the desired state, converges backends to it, feeds the ledger.
+
+Every change goes through ``_converge`` under one lock: validate the whole new state against
+every backend first (nothing is applied when any part is invalid), take a final usage sample
+(so traffic up to the change is counted), apply per backend, move the ledger baselines of
+clients the apply re-created, then persist the state with its revision.
+
+A backend that fails to apply does not fail the others: the state is still accepted and
+persisted (the node must converge to it), the backend is reported degraded with the reason,
+and the periodic reconcile retries it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from node_agent.backends.base import ApplyReport, BackendStatus, Health, VpnBackend
+from node_agent.errors import AgentError, InvalidStateError, RevisionMismatchError
+from node_agent.ledger import UsageLedger
+from node_agent.model import Client, DesiredState
+from node_agent.state import StateStore
+
+log = structlog.get_logger("node_agent")
+
+
+@dataclass(frozen=True, slots=True)
+class BackendOutcome:
+    name: str
+    report: ApplyReport
+    status: BackendStatus
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyOutcome:
+    revision: int
+    backends: list[BackendOutcome]
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Agent:
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        version: str,
+        backends: Mapping[str, VpnBackend],
+        store: StateStore,
+        ledger: UsageLedger,
+        clock: Callable[[], dt.datetime] = _utcnow,
+    ) -> None:
+        self.node_id = node_id
+        self.version = version
+        self.backends = dict(backends)
+        self.store = store
+        self.ledger = ledger
+        self.clock = clock
+        self.boot_id = uuid.uuid4().hex
+        self.started_at = clock()
+        self.revision, self.state = store.load()
+        self._lock = asyncio.Lock()
+        self._failures: dict[str, str] = {}
+        self._log = log.bind(node_id=node_id)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def boot(self) -> None:
+        """Bring every backend up and re-apply the persisted state, before serving."""
+        unknown = self.state.backends.keys() - self.backends.keys()
+        if unknown:
+            self._log.warning(
+                "persisted state names backends this agent does not run; ignoring them",
+                backends=sorted(unknown),
+            )
+        async with self._lock:
+            await self._apply_all(self.state)
+        self._log.info("state restored", revision=self.revision, backends=sorted(self.backends))
+
+    async def reconcile(self) -> None:
+        """Re-converge every backend to the persisted state (repairs drift and failures)."""
+        async with self._lock:
+            await self._sample_locked()
+            await self._apply_all(self.state)
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._sample_locked()
+            for backend in self.backends.values():
+                await backend.close()
+
+    # --- desired state ---------------------------------------------------------------------
+
+    async def apply_full(self, revision: int, state: DesiredState, *, force: bool) -> ApplyOutcome:
+        async with self._lock:
+            if revision < self.revision and not force:
+                raise RevisionMismatchError(
+                    f"revision {revision} is older than the applied revision {self.revision}; "
+                    "send force=true to roll back on purpose"
+                )
+            return await self._converge(revision, state)
+
+    async def apply_delta(
+        self,
+        base_revision: int,
+        revision: int,
+        upserts: Mapping[str, Sequence[Client]],
+        removals: Mapping[str, Sequence[str]],
+    ) -> ApplyOutcome:
+        async with self._lock:
+            if base_revision != self.revision:
+                raise RevisionMismatchError(
+                    f"delta is based on revision {base_revision} but the agent has "
+                    f"{self.revision}; send the full state"
+                )
+            if revision <= base_revision:
+                raise InvalidStateError(
+                    f"delta revision {revision} must be greater than its base {base_revision}"
+                )
+            names = sorted(upserts.keys() | removals.keys())
+            self._check_names(names)
+            for name in names:
+                self.backends[name].validate_changes(upserts.get(name, ()), removals.get(name, ()))
+            state = self.state.with_delta(upserts, removals)
+            outcomes = []
+            for name in names:
+                outcomes.append(
+                    await self._apply_changes(name, upserts.get(name, ()), removals.get(name, ()))
+                )
+            self.store.save_delta(revision, upserts, removals)
+            self.state, self.revision = state, revision
+            self._log_applied(revision, outcomes)
+            return ApplyOutcome(revision, outcomes)
+
+    async def _apply_changes(
+        self, name: str, upserts: Sequence[Client], removals: Sequence[str]
+    ) -> BackendOutcome:
+        backend = self.backends[name]
+        current = {c.id for c in self.state.clients(name)}
+        # Counters die with a removed or re-created client: count them first. Adding new
+        # clients (the common, latency-critical case) needs no sample.
+        if any(i in current for i in removals) or any(c.id in current for c in upserts):
+            await self._sample_backend(name, backend, self.clock())
+        report = ApplyReport()
+        try:
+            report = await backend.apply_changes(upserts, removals)
+        except (AgentError, OSError) as exc:
+            self._failures[name] = str(exc)
+            self._log.error("backend apply failed", backend=name, error=str(exc))
+        else:
+            self._failures.pop(name, None)
+            if report.reset_clients:
+                await asyncio.to_thread(self.ledger.reset_baseline, name, report.reset_clients)
+        return BackendOutcome(name, report, await self.backend_status(name))
+
+    def _check_names(self, names: Sequence[str] | set[str]) -> None:
+        unknown = sorted(set(names) - self.backends.keys())
+        if unknown:
+            raise InvalidStateError(
+                f"unknown backend(s) {', '.join(map(repr, unknown))}; this agent runs "
+                f"{', '.join(map(repr, sorted(self.backends))) or 'none'}"
+            )
+
+    async def _converge(self, revision: int, state: DesiredState) -> ApplyOutcome:
+        self._check_names(state.backends.keys())
+        for name, backend in self.backends.items():
+            backend.validate(state.clients(name))
+        await self._sample_locked()
+        outcomes = await self._apply_all(state)
+        self.store.save(revision, state)
+        self.state, self.revision = state, revision
+        self._log.info(
+            "state applied",
+            revision=revision,
+            **{
+                o.name: f"+{o.report.added} ~{o.report.updated} -{o.report.removed}"
+                for o in outcomes
+            },
+        )
+        return ApplyOutcome(revision, outcomes)
+
+    async def _apply_all(self, state: DesiredState) -> list[BackendOutcome]:
+        outcomes = []
+        for name, backend in self.backends.items():
+            report = ApplyReport()
+            try:
+                await backend.start()
+                report = await backend.apply(state.clients(name))
+            except (AgentError, OSError) as exc:
+                self._failures[name] = str(exc)
+                self._log.error("backend apply failed", backend=name, error=str(exc))
+            else:
+                self._failures.pop(name, None)
+                if report.reset_clients:
+                    await asyncio.to_thread(self.ledger.reset_baseline, name, report.reset_clients)
+            outcomes.append(BackendOutcome(name, report, await self.backend_status(name)))
+        return outcomes
+
+    # --- usage ----------------------------------------------------------------------------
+
+    async def sample_usage(self) -> None:
+        async with self._lock:
+            await self._sample_locked()
+
+    async def _sample_locked(self) -> None:
+        now = self.clock()
+        for name, backend in self.backends.items():
+            await self._sample_backend(name, backend, now)
+
+    async def _sample_backend(self, name: str, backend: VpnBackend, now: dt.datetime) -> None:
+        try:
+            sample = await backend.usage()
+        except (AgentError, OSError) as exc:
+            self._log.warning("usage sample failed", backend=name, error=str(exc))
+            return
+        await asyncio.to_thread(self.ledger.record, name, sample.epoch, sample.counters, now)
+
+    # --- status ---------------------------------------------------------------------------
+
+    async def backend_status(self, name: str) -> BackendStatus:
+        backend = self.backends[name]
+        try:
+            status = await backend.status()
+        except (AgentError, OSError) as exc:
+            return BackendStatus(Health.DOWN, str(exc))
+        failure = self._failures.get(name)
+        if failure and status.health is Health.OK:
+            return BackendStatus(
+                Health.DEGRADED,
+                f"last apply failed: {failure}",
+                status.clients,
+                status.clients_online,
+            )
+        return status
+
+    async def statuses(self) -> dict[str, BackendStatus]:
+        return {name: await self.backend_status(name) for name in self.backends}

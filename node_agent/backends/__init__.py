@@ -1,0 +1,1 @@
+"""VPN backends the agent drives, behind one ``VpnBackend`` protocol (see ``base``)."""

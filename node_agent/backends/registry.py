@@ -1,0 +1,43 @@
+"""Backends by configured type: the one place that knows which classes exist."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from node_agent.backends.base import VpnBackend
+from node_agent.backends.fake import FakeBackend
+from node_agent.config import AgentConfig, FakeConfig, WireGuardConfig
+
+
+def build_backends(config: AgentConfig) -> dict[str, VpnBackend]:
+    backends: dict[str, VpnBackend] = {}
+    for name, spec in config.backends.items():
+        if isinstance(spec, FakeConfig):
+            backends[name] = FakeBackend(name)
+        elif isinstance(spec, WireGuardConfig):
+            backends[name] = _wireguard(name, spec, config.state_dir)
+    return backends
+
+
+def _wireguard(name: str, spec: WireGuardConfig, state_dir: Path) -> VpnBackend:
+    from node_agent.backends.wireguard.backend import WireGuardBackend
+    from node_agent.backends.wireguard.driver import WireGuardDriver
+
+    driver: WireGuardDriver
+    if spec.driver == "netlink":
+        from node_agent.backends.wireguard.netlink import NetlinkDriver
+
+        driver = NetlinkDriver()
+    else:
+        from node_agent.backends.wireguard.uapi import UapiDriver
+
+        driver = UapiDriver(socket_dir=spec.socket_dir, wireguard_go=spec.wireguard_go)
+    return WireGuardBackend(
+        name,
+        driver=driver,
+        interface=spec.interface,
+        listen_port=spec.listen_port,
+        addresses=spec.addresses,
+        private_key_path=state_dir / f"wireguard-{name}.key",
+        mtu=spec.mtu,
+    )

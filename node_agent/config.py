@@ -1,0 +1,145 @@
+"""The agent's configuration: a TOML file, overridden by environment, overridden by flags.
+
+    # /etc/vpn-node-agent/agent.toml
+    state_dir = "/var/lib/vpn-node-agent"
+    listen = "0.0.0.0:50051"          # or "unix:/run/vpn-node-agent.sock"
+
+    [backends.wireguard]              # the table name is the backend name desired state uses
+    type = "wireguard"                # defaults to the table name
+    driver = "uapi"                   # "uapi" (wireguard-go) or "netlink" (kernel module)
+    interface = "wg0"
+    listen_port = 51820
+    addresses = ["10.8.0.1/24"]
+
+Environment: VPN_NODE_AGENT_CONFIG (the file), VPN_NODE_AGENT_STATE_DIR, VPN_NODE_AGENT_LISTEN.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from node_agent.errors import ConfigError
+
+ENV_PREFIX = "VPN_NODE_AGENT_"
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WireGuardConfig(_Strict):
+    type: Literal["wireguard"]
+    driver: Literal["uapi", "netlink"] = "uapi"
+    interface: str = "wg0"
+    listen_port: int = Field(51820, ge=1, le=65535)
+    addresses: list[str] = Field(default_factory=lambda: ["10.8.0.1/24"], min_length=1)
+    mtu: int | None = Field(None, ge=1280, le=9000)
+    wireguard_go: str = "wireguard-go"
+    socket_dir: Path = Path("/var/run/wireguard")
+
+    @field_validator("interface")
+    @classmethod
+    def _ifname(cls, value: str) -> str:
+        if not _IFNAME.fullmatch(value):
+            raise ValueError("an interface name is 1..15 letters, digits, '_', '.' or '-'")
+        return value
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for text in value:
+            try:
+                iface = ipaddress.ip_interface(text)
+            except ValueError:
+                raise ValueError(
+                    f"{text!r} is not an address with a prefix, e.g. 10.8.0.1/24"
+                ) from None
+            if "/" not in text or iface.ip == iface.network.network_address:
+                raise ValueError(
+                    f"{text!r}: give the server's own address and prefix, e.g. 10.8.0.1/24"
+                )
+        return value
+
+
+class FakeConfig(_Strict):
+    type: Literal["fake"]
+
+
+BackendConfig = Annotated[WireGuardConfig | FakeConfig, Field(discriminator="type")]
+
+
+class AgentConfig(_Strict):
+    state_dir: Path
+    listen: str = "0.0.0.0:50051"
+    usage_interval: float = Field(30.0, ge=1, le=3600)
+    reconcile_interval: float = Field(60.0, ge=5, le=86400)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "console", "json"] = "auto"
+    backends: dict[str, BackendConfig] = Field(default_factory=dict)
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _default_types(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            for name, table in value.items():
+                if not isinstance(name, str) or not _NAME.fullmatch(name):
+                    raise ValueError(
+                        f"backend name {name!r}: lowercase letter first, then letters, digits, "
+                        "'_' or '-', at most 32"
+                    )
+                if isinstance(table, dict):
+                    table.setdefault("type", name)
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if value.startswith("unix:"):
+            if len(value) <= len("unix:"):
+                raise ValueError("unix: needs a socket path")
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError("use HOST:PORT (e.g. 0.0.0.0:50051, [::]:50051) or unix:PATH")
+        return value
+
+
+def load_config(
+    path: Path | None, overrides: Mapping[str, Any], env: Mapping[str, str] | None = None
+) -> AgentConfig:
+    """File < environment < ``overrides`` (flags; None values ignored)."""
+    env = os.environ if env is None else env
+    path = path or (Path(env[f"{ENV_PREFIX}CONFIG"]) if env.get(f"{ENV_PREFIX}CONFIG") else None)
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found") from None
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+    for key in ("state_dir", "listen"):
+        if env.get(f"{ENV_PREFIX}{key.upper()}"):
+            data[key] = env[f"{ENV_PREFIX}{key.upper()}"]
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    if "state_dir" not in data:
+        raise ConfigError(
+            f"no state directory: pass --state-dir, set {ENV_PREFIX}STATE_DIR or state_dir in the config file"
+        )
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None

@@ -1,0 +1,1 @@
+"""The ``nodeapi`` wire contract between the controller and node agents."""

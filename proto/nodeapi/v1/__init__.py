@@ -1,0 +1,1 @@
+"""``nodeapi.v1``: generated protobuf and gRPC stubs (``python -m proto.generate``)."""
