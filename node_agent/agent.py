@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -74,7 +74,7 @@ class Agent:
 
     async def boot(self) -> None:
         """Bring every backend up and re-apply the persisted state, before serving."""
-        unknown = self.state.backends.keys() - self.backends.keys()
+        unknown = self.state.names() - self.backends.keys()
         if unknown:
             self._log.warning(
                 "persisted state names backends this agent does not run; ignoring them",
@@ -128,14 +128,14 @@ class Agent:
             self._check_names(names)
             for name in names:
                 self.backends[name].validate_changes(upserts.get(name, ()), removals.get(name, ()))
-            state = self.state.with_delta(upserts, removals)
+            self.store.save_delta(revision, upserts, removals)
             outcomes = []
             for name in names:
                 outcomes.append(
                     await self._apply_changes(name, upserts.get(name, ()), removals.get(name, ()))
                 )
-            self.store.save_delta(revision, upserts, removals)
-            self.state, self.revision = state, revision
+            self.state.update(upserts, removals)
+            self.revision = revision
             self._log_applied(revision, outcomes)
             return ApplyOutcome(revision, outcomes)
 
@@ -143,11 +143,12 @@ class Agent:
         self, name: str, upserts: Sequence[Client], removals: Sequence[str]
     ) -> BackendOutcome:
         backend = self.backends[name]
-        current = {c.id for c in self.state.clients(name)}
         # Counters die with a removed or re-created client: count them first. Adding new
         # clients (the common, latency-critical case) needs no sample.
-        if any(i in current for i in removals) or any(c.id in current for c in upserts):
-            await self._sample_backend(name, backend, self.clock())
+        leaving = {i for i in removals if self.state.has(name, i)}
+        leaving.update(c.id for c in upserts if self.state.has(name, c.id))
+        if leaving:
+            await self._sample_backend(name, backend, self.clock(), only=leaving)
         report = ApplyReport()
         try:
             report = await backend.apply_changes(upserts, removals)
@@ -160,7 +161,7 @@ class Agent:
                 await asyncio.to_thread(self.ledger.reset_baseline, name, report.reset_clients)
         return BackendOutcome(name, report, await self.backend_status(name))
 
-    def _check_names(self, names: Sequence[str] | set[str]) -> None:
+    def _check_names(self, names: Iterable[str]) -> None:
         unknown = sorted(set(names) - self.backends.keys())
         if unknown:
             raise InvalidStateError(
@@ -169,22 +170,22 @@ class Agent:
             )
 
     async def _converge(self, revision: int, state: DesiredState) -> ApplyOutcome:
-        self._check_names(state.backends.keys())
+        self._check_names(state.names())
         for name, backend in self.backends.items():
             backend.validate(state.clients(name))
+        # Persist first: from here on this is what the node converges to, across crashes.
+        self.store.save(revision, state)
         await self._sample_locked()
         outcomes = await self._apply_all(state)
-        self.store.save(revision, state)
         self.state, self.revision = state, revision
-        self._log.info(
-            "state applied",
-            revision=revision,
-            **{
-                o.name: f"+{o.report.added} ~{o.report.updated} -{o.report.removed}"
-                for o in outcomes
-            },
-        )
+        self._log_applied(revision, outcomes)
         return ApplyOutcome(revision, outcomes)
+
+    def _log_applied(self, revision: int, outcomes: Sequence[BackendOutcome]) -> None:
+        changes = {
+            o.name: f"+{o.report.added} ~{o.report.updated} -{o.report.removed}" for o in outcomes
+        }
+        self._log.info("state applied", revision=revision, **changes)
 
     async def _apply_all(self, state: DesiredState) -> list[BackendOutcome]:
         outcomes = []
@@ -214,13 +215,18 @@ class Agent:
         for name, backend in self.backends.items():
             await self._sample_backend(name, backend, now)
 
-    async def _sample_backend(self, name: str, backend: VpnBackend, now: dt.datetime) -> None:
+    async def _sample_backend(
+        self, name: str, backend: VpnBackend, now: dt.datetime, only: set[str] | None = None
+    ) -> None:
         try:
             sample = await backend.usage()
         except (AgentError, OSError) as exc:
             self._log.warning("usage sample failed", backend=name, error=str(exc))
             return
-        await asyncio.to_thread(self.ledger.record, name, sample.epoch, sample.counters, now)
+        counters = sample.counters
+        if only is not None:
+            counters = {i: c for i, c in counters.items() if i in only}
+        await asyncio.to_thread(self.ledger.record, name, sample.epoch, counters, now)
 
     # --- status ---------------------------------------------------------------------------
 

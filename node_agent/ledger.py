@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from node_agent.backends.base import Counters
 from node_agent.errors import InvalidStateError
@@ -105,14 +106,7 @@ class UsageLedger:
         stamp = now.astimezone(dt.UTC).isoformat()
         grown = 0
         with self._lock, transaction(self._db):
-            known = {
-                row[0]: row[1:]
-                for row in self._db.execute(
-                    "SELECT client_id, rx_total, tx_total, raw_rx, raw_tx, epoch "
-                    "FROM counters WHERE backend = ?",
-                    (backend,),
-                )
-            }
+            known = self._known(backend, counters.keys())
             for client_id, raw in counters.items():
                 rx_raw, tx_raw = max(raw.rx_bytes, 0), max(raw.tx_bytes, 0)
                 previous = known.get(client_id)
@@ -146,6 +140,19 @@ class UsageLedger:
                     (backend, client_id, rx_total, tx_total, stamp),
                 )
         return grown
+
+    def _known(self, backend: str, client_ids: Iterable[str]) -> dict[str, tuple[Any, ...]]:
+        ids = list(client_ids)
+        query = (
+            "SELECT client_id, rx_total, tx_total, raw_rx, raw_tx, epoch FROM counters "
+            "WHERE backend = ?"
+        )
+        if len(ids) > 100:  # most of the backend: one scan beats many lookups
+            rows = self._db.execute(query, (backend,))
+        else:
+            marks = ",".join("?" * len(ids))
+            rows = self._db.execute(f"{query} AND client_id IN ({marks})", (backend, *ids))  # noqa: S608
+        return {row[0]: row[1:] for row in rows}
 
     def reset_baseline(self, backend: str, client_ids: Iterable[str]) -> None:
         """The software's counters of these clients restarted from zero (we re-created them)."""

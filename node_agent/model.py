@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from node_agent.errors import InvalidStateError
 
@@ -45,28 +45,61 @@ class Client:
     spec: ClientSpec
 
 
-@dataclass(frozen=True, slots=True)
 class DesiredState:
-    """Clients per backend name. A configured backend that is absent has no clients."""
+    """Clients per backend name, by id in insertion order. A configured backend that is absent
+    has no clients. ``update`` changes it in place: a delta on 10k clients must not copy them.
+    """
 
-    backends: Mapping[str, tuple[Client, ...]] = field(default_factory=dict)
+    __slots__ = ("_backends",)
+
+    def __init__(self, backends: Mapping[str, Iterable[Client]] | None = None) -> None:
+        self._backends: dict[str, dict[str, Client]] = {}
+        for name, clients in (backends or {}).items():
+            by_id = {c.id: c for c in clients}
+            if by_id:
+                self._backends[name] = by_id
+
+    @property
+    def backends(self) -> dict[str, tuple[Client, ...]]:
+        return {name: tuple(clients.values()) for name, clients in self._backends.items()}
+
+    def names(self) -> set[str]:
+        return set(self._backends)
 
     def clients(self, backend: str) -> tuple[Client, ...]:
-        return self.backends.get(backend, ())
+        return tuple(self._backends.get(backend, {}).values())
+
+    def has(self, backend: str, client_id: str) -> bool:
+        return client_id in self._backends.get(backend, {})
+
+    def update(
+        self, upserts: Mapping[str, Sequence[Client]], removals: Mapping[str, Sequence[str]]
+    ) -> None:
+        """Replace/add clients by id and remove clients by id, in place."""
+        for name in upserts.keys() | removals.keys():
+            clients = self._backends.setdefault(name, {})
+            for client_id in removals.get(name, ()):
+                clients.pop(client_id, None)
+            for client in upserts.get(name, ()):
+                clients[client.id] = client
+            if not clients:
+                del self._backends[name]
 
     def with_delta(
         self, upserts: Mapping[str, Sequence[Client]], removals: Mapping[str, Sequence[str]]
     ) -> DesiredState:
-        """A new state: this one with clients replaced/added by id and removed by id."""
-        result: dict[str, tuple[Client, ...]] = dict(self.backends)
-        for name in upserts.keys() | removals.keys():
-            current = {c.id: c for c in result.get(name, ())}
-            for client_id in removals.get(name, ()):
-                current.pop(client_id, None)
-            for client in upserts.get(name, ()):
-                current[client.id] = client
-            result[name] = tuple(current.values())
-        return DesiredState({k: v for k, v in result.items() if v})
+        """A new state: this one with the delta applied (this one is left alone)."""
+        result = DesiredState(self.backends)
+        result.update(upserts, removals)
+        return result
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DesiredState) and self._backends == other._backends
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"DesiredState({self.backends!r})"
 
 
 def decode_key(value: str, what: str) -> bytes:

@@ -28,7 +28,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS clients (
     backend   TEXT NOT NULL,
     client_id TEXT NOT NULL,
-    position  INTEGER NOT NULL,
     spec      TEXT NOT NULL,
     PRIMARY KEY (backend, client_id)
 );
@@ -89,7 +88,7 @@ class StateStore:
             row = self._db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
             backends: dict[str, list[Client]] = {}
             for backend, client_id, spec in self._db.execute(
-                "SELECT backend, client_id, spec FROM clients ORDER BY backend, position"
+                "SELECT backend, client_id, spec FROM clients ORDER BY backend, rowid"
             ):
                 backends.setdefault(backend, []).append(
                     Client(client_id, _spec_from_json(json.loads(spec)))
@@ -104,14 +103,14 @@ class StateStore:
 
     def save(self, revision: int, state: DesiredState) -> None:
         rows = [
-            (name, client.id, position, json.dumps(_spec_to_json(client.spec)))
+            (name, client.id, json.dumps(_spec_to_json(client.spec)))
             for name, clients in state.backends.items()
-            for position, client in enumerate(clients)
+            for client in clients
         ]
         with transaction(self._db):
             self._db.execute("DELETE FROM clients")
             self._db.executemany(
-                "INSERT INTO clients (backend, client_id, position, spec) VALUES (?, ?, ?, ?)", rows
+                "INSERT INTO clients (backend, client_id, spec) VALUES (?, ?, ?)", rows
             )
             self._set_revision(revision)
 
@@ -129,8 +128,7 @@ class StateStore:
                 )
             for name, clients in upserts.items():
                 self._db.executemany(
-                    "INSERT INTO clients (backend, client_id, position, spec) VALUES "
-                    "(?, ?, (SELECT coalesce(max(position), 0) + 1 FROM clients), ?) "
+                    "INSERT INTO clients (backend, client_id, spec) VALUES (?, ?, ?) "
                     "ON CONFLICT (backend, client_id) DO UPDATE SET spec = excluded.spec",
                     [(name, c.id, json.dumps(_spec_to_json(c.spec))) for c in clients],
                 )

@@ -24,12 +24,17 @@ def require_lab() -> None:
     """Skip (fail under VPNBOT_TEST_STRICT) unless this machine can run the e2e tests."""
     need(os.geteuid() == 0, "network namespaces need root")
     missing = [p for p in REQUIRED_PROGRAMS if shutil.which(p) is None]
-    need(not missing, f"missing programs: {', '.join(missing)} (apt-get install "
-         "--no-install-recommends wireguard-go wireguard-tools iproute2 iputils-ping)")
+    need(
+        not missing,
+        f"missing programs: {', '.join(missing)} (apt-get install "
+        "--no-install-recommends wireguard-go wireguard-tools iproute2 iputils-ping)",
+    )
     need(os.path.exists("/dev/net/tun"), "/dev/net/tun is missing")
 
 
-def run(argv: Sequence[str], *, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: Sequence[str], *, check: bool = True, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=timeout)
 
 
@@ -38,7 +43,9 @@ class Host:
     name: str
     address: str
 
-    def exec(self, *argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    def exec(
+        self, *argv: str, check: bool = True, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
         return run(["ip", "netns", "exec", self.name, *argv], check=check, timeout=timeout)
 
     def argv(self, *argv: str) -> list[str]:
@@ -46,8 +53,18 @@ class Host:
 
     def ping(self, address: str, *, count: int = 1, wait: float = 1, size: int = 56) -> bool:
         result = self.exec(
-            "ping", "-c", str(count), "-W", str(wait), "-i", "0.2", "-s", str(size), address,
-            check=False, timeout=count * (wait + 1) + 5,
+            "ping",
+            "-c",
+            str(count),
+            "-W",
+            str(wait),
+            "-i",
+            "0.2",
+            "-s",
+            str(size),
+            address,
+            check=False,
+            timeout=count * (wait + 1) + 5,
         )
         return result.returncode == 0
 
@@ -104,6 +121,8 @@ class Lab:
         for host in (self.server, self.client):
             run(["ip", "netns", "del", host.name], check=False)
         # wireguard-go leaves its socket behind when killed.
-        for entry in os.listdir("/var/run/wireguard") if os.path.isdir("/var/run/wireguard") else ():
+        for entry in (
+            os.listdir("/var/run/wireguard") if os.path.isdir("/var/run/wireguard") else ()
+        ):
             if entry.startswith(f"vb{self.tag}"):
                 os.unlink(os.path.join("/var/run/wireguard", entry))

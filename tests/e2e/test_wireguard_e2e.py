@@ -32,7 +32,9 @@ class AgentProcess:
 
     def start(self) -> None:
         self.process = subprocess.Popen(  # noqa: S603 - fixed argv
-            self.lab.server.argv(sys.executable, "-m", "node_agent", "run", "--config", str(self.config)),
+            self.lab.server.argv(
+                sys.executable, "-m", "node_agent", "run", "--config", str(self.config)
+            ),
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=self.log.open("ab"),
@@ -166,7 +168,9 @@ async def test_wireguard_end_to_end(lab: Lab, tmp_path: Path) -> None:
             assert rx2 >= rx1 and tx2 >= tx1
 
         assert agent.stop() == 0
-        assert lab.client.ping(SERVER_TUNNEL, count=3), "the VPN must keep serving without its agent"
+        assert lab.client.ping(SERVER_TUNNEL, count=3), (
+            "the VPN must keep serving without its agent"
+        )
 
         # The device is lost while the agent is down (a crash, a reboot)...
         lab.server.exec("ip", "link", "del", server_iface)

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.proc import CommandError, run_command
@@ -29,56 +30,70 @@ def hex_to_b64(key: str) -> str:
     return base64.b64encode(bytes.fromhex(key)).decode()
 
 
+@dataclass
+class _PeerBuilder:
+    public_key: str
+    preshared_key: str | None = None
+    allowed_ips: list[str] = field(default_factory=list)
+    persistent_keepalive: int = 0
+    endpoint: str | None = None
+    last_handshake: int = 0
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+
+    def build(self) -> PeerState:
+        return PeerState(
+            public_key=self.public_key,
+            preshared_key=self.preshared_key,
+            allowed_ips=tuple(self.allowed_ips),
+            persistent_keepalive=self.persistent_keepalive,
+            endpoint=self.endpoint,
+            last_handshake=self.last_handshake,
+            rx_bytes=self.rx_bytes,
+            tx_bytes=self.tx_bytes,
+        )
+
+
 def parse_get(text: str) -> DeviceState:
     """Parse a ``get=1`` reply (without its errno line) into a DeviceState."""
     private_key: str | None = None
     listen_port = 0
     peers: dict[str, PeerState] = {}
-    current: dict[str, object] | None = None
-
-    def flush() -> None:
-        if current is not None:
-            peer = PeerState(
-                public_key=str(current["public_key"]),
-                preshared_key=current.get("preshared_key"),  # type: ignore[arg-type]
-                allowed_ips=tuple(current.get("allowed_ips", ())),  # type: ignore[call-overload]
-                persistent_keepalive=int(current.get("keepalive", 0)),  # type: ignore[call-overload]
-                endpoint=current.get("endpoint"),  # type: ignore[arg-type]
-                last_handshake=int(current.get("handshake", 0)),  # type: ignore[call-overload]
-                rx_bytes=int(current.get("rx", 0)),  # type: ignore[call-overload]
-                tx_bytes=int(current.get("tx", 0)),  # type: ignore[call-overload]
-            )
-            peers[peer.public_key] = peer
-
-    for line in text.splitlines():
-        if not line:
-            continue
-        key, sep, value = line.partition("=")
-        if not sep:
-            raise DriverError(f"malformed UAPI line {line!r}")
-        if key == "public_key":
-            flush()
-            current = {"public_key": hex_to_b64(value), "allowed_ips": []}
-        elif current is None:
-            if key == "private_key":
-                private_key = None if value == _ZERO_KEY else hex_to_b64(value)
-            elif key == "listen_port":
-                listen_port = int(value)
-        elif key == "preshared_key":
-            current["preshared_key"] = None if value == _ZERO_KEY else hex_to_b64(value)
-        elif key == "allowed_ip":
-            current["allowed_ips"].append(value)  # type: ignore[attr-defined]
-        elif key == "persistent_keepalive_interval":
-            current["keepalive"] = value
-        elif key == "endpoint":
-            current["endpoint"] = value
-        elif key == "last_handshake_time_sec":
-            current["handshake"] = value
-        elif key == "rx_bytes":
-            current["rx"] = value
-        elif key == "tx_bytes":
-            current["tx"] = value
-    flush()
+    peer: _PeerBuilder | None = None
+    try:
+        for line in text.splitlines():
+            if not line:
+                continue
+            key, sep, value = line.partition("=")
+            if not sep:
+                raise DriverError(f"malformed UAPI line {line!r}")
+            if key == "public_key":
+                if peer is not None:
+                    peers[peer.public_key] = peer.build()
+                peer = _PeerBuilder(hex_to_b64(value))
+            elif peer is None:
+                if key == "private_key":
+                    private_key = None if value == _ZERO_KEY else hex_to_b64(value)
+                elif key == "listen_port":
+                    listen_port = int(value)
+            elif key == "preshared_key":
+                peer.preshared_key = None if value == _ZERO_KEY else hex_to_b64(value)
+            elif key == "allowed_ip":
+                peer.allowed_ips.append(value)
+            elif key == "persistent_keepalive_interval":
+                peer.persistent_keepalive = int(value)
+            elif key == "endpoint":
+                peer.endpoint = value
+            elif key == "last_handshake_time_sec":
+                peer.last_handshake = int(value)
+            elif key == "rx_bytes":
+                peer.rx_bytes = int(value)
+            elif key == "tx_bytes":
+                peer.tx_bytes = int(value)
+    except ValueError as exc:
+        raise DriverError(f"malformed UAPI reply: {exc}") from None
+    if peer is not None:
+        peers[peer.public_key] = peer.build()
     return DeviceState(private_key=private_key, listen_port=listen_port, peers=peers)
 
 
@@ -131,7 +146,7 @@ class UapiDriver:
 
     async def exists(self, ifname: str) -> bool:
         try:
-            reader, writer = await asyncio.open_unix_connection(self.socket_path(ifname))
+            _, writer = await asyncio.open_unix_connection(self.socket_path(ifname))
         except OSError:
             return False
         writer.close()
