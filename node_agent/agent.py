@@ -98,14 +98,20 @@ class Agent:
 
     # --- desired state ---------------------------------------------------------------------
 
-    async def apply_full(self, revision: int, state: DesiredState, *, force: bool) -> ApplyOutcome:
+    async def apply_full(
+        self, revision: int, state: DesiredState, *, force: bool, named: Iterable[str] = ()
+    ) -> ApplyOutcome:
+        """Converge to ``state``. ``named``: backend names the request mentioned (even with no
+        clients), so an unknown one is refused rather than silently ignored."""
         async with self._lock:
             if revision < self.revision and not force:
                 raise RevisionMismatchError(
                     f"revision {revision} is older than the applied revision {self.revision}; "
                     "send force=true to roll back on purpose"
                 )
-            return await self._converge(revision, state)
+            self._check_names(named)
+            # A copy: later deltas change the agent's state in place, never the caller's.
+            return await self._converge(revision, DesiredState(state.backends))
 
     async def apply_delta(
         self,
@@ -128,30 +134,43 @@ class Agent:
             self._check_names(names)
             for name in names:
                 self.backends[name].validate_changes(upserts.get(name, ()), removals.get(name, ()))
+            # Which clients leave or get re-created, judged against the state before the delta.
+            leaving = {
+                name: {i for i in removals.get(name, ()) if self.state.has(name, i)}
+                | {c.id for c in upserts.get(name, ()) if self.state.has(name, c.id)}
+                for name in names
+            }
+            # Persist first: from here on this is what the node converges to, across crashes.
             self.store.save_delta(revision, upserts, removals)
+            self.state.update(upserts, removals)
+            self.revision = revision
             outcomes = []
             for name in names:
                 outcomes.append(
-                    await self._apply_changes(name, upserts.get(name, ()), removals.get(name, ()))
+                    await self._apply_changes(
+                        name, upserts.get(name, ()), removals.get(name, ()), leaving[name]
+                    )
                 )
-            self.state.update(upserts, removals)
-            self.revision = revision
             self._log_applied(revision, outcomes)
             return ApplyOutcome(revision, outcomes)
 
     async def _apply_changes(
-        self, name: str, upserts: Sequence[Client], removals: Sequence[str]
+        self, name: str, upserts: Sequence[Client], removals: Sequence[str], leaving: set[str]
     ) -> BackendOutcome:
         backend = self.backends[name]
         # Counters die with a removed or re-created client: count them first. Adding new
         # clients (the common, latency-critical case) needs no sample.
-        leaving = {i for i in removals if self.state.has(name, i)}
-        leaving.update(c.id for c in upserts if self.state.has(name, c.id))
         if leaving:
             await self._sample_backend(name, backend, self.clock(), only=leaving)
         report = ApplyReport()
         try:
-            report = await backend.apply_changes(upserts, removals)
+            if name in self._failures:
+                # The backend missed an earlier change: a delta on top of it would hide that.
+                # Converge it to the whole state instead.
+                await backend.start()
+                report = await backend.apply(self.state.clients(name))
+            else:
+                report = await backend.apply_changes(upserts, removals)
         except (AgentError, OSError) as exc:
             self._failures[name] = str(exc)
             self._log.error("backend apply failed", backend=name, error=str(exc))

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--listen",
-        help="HOST:PORT or unix:PATH to serve on (env VPN_NODE_AGENT_LISTEN; default 0.0.0.0:50051)",
+        help="HOST:PORT or unix:PATH to serve on "
+        "(env VPN_NODE_AGENT_LISTEN; default 0.0.0.0:50051)",
     )
 
     csr = commands.add_parser(

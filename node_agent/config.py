@@ -134,7 +134,8 @@ def load_config(
     data.update({k: v for k, v in overrides.items() if v is not None})
     if "state_dir" not in data:
         raise ConfigError(
-            f"no state directory: pass --state-dir, set {ENV_PREFIX}STATE_DIR or state_dir in the config file"
+            f"no state directory: pass --state-dir, set {ENV_PREFIX}STATE_DIR or state_dir "
+            "in the config file"
         )
     try:
         return AgentConfig.model_validate(data)

@@ -151,7 +151,7 @@ class UsageLedger:
             rows = self._db.execute(query, (backend,))
         else:
             marks = ",".join("?" * len(ids))
-            rows = self._db.execute(f"{query} AND client_id IN ({marks})", (backend, *ids))  # noqa: S608
+            rows = self._db.execute(f"{query} AND client_id IN ({marks})", (backend, *ids))
         return {row[0]: row[1:] for row in rows}
 
     def reset_baseline(self, backend: str, client_ids: Iterable[str]) -> None:

@@ -55,7 +55,11 @@ class DesiredState:
     def __init__(self, backends: Mapping[str, Iterable[Client]] | None = None) -> None:
         self._backends: dict[str, dict[str, Client]] = {}
         for name, clients in (backends or {}).items():
-            by_id = {c.id: c for c in clients}
+            by_id: dict[str, Client] = {}
+            for client in clients:
+                if client.id in by_id:
+                    raise InvalidStateError(f"backend {name!r}: duplicate client id {client.id!r}")
+                by_id[client.id] = client
             if by_id:
                 self._backends[name] = by_id
 
@@ -110,6 +114,12 @@ def decode_key(value: str, what: str) -> bytes:
         raise InvalidStateError(f"{what}: not valid base64") from None
     if len(raw) != KEY_LEN:
         raise InvalidStateError(f"{what}: a key must be {KEY_LEN} bytes, got {len(raw)}")
+    # Only the canonical spelling: another spelling of the same bytes would slip past the
+    # duplicate check and never match the key the device reports.
+    if base64.b64encode(raw).decode() != value:
+        raise InvalidStateError(
+            f"{what}: not canonical base64 (expected {base64.b64encode(raw).decode()})"
+        )
     return raw
 
 

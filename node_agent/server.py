@@ -101,7 +101,12 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
     async def ApplyState(self, request: pb.ApplyStateRequest, context: Context) -> pb.ApplyResult:
         async def run() -> pb.ApplyResult:
             state = convert.state_from_pb(request.state)
-            outcome = await self.agent.apply_full(request.revision, state, force=request.force)
+            outcome = await self.agent.apply_full(
+                request.revision,
+                state,
+                force=request.force,
+                named=[b.name for b in request.state.backends],
+            )
             return self._result(outcome)
 
         return await _guard(context, run)

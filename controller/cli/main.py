@@ -18,9 +18,11 @@ from controller.bootstrap import SchemaOutOfDateError
 from controller.cli.common import confirm_destructive, run, settings_from
 from controller.cli.db import db_group
 from controller.cli.manage import admin_group, plan_group, user_group
+from controller.cli.pki import agent_group, pki_group
 from controller.db.engine import DatabaseUnavailableError
 from controller.db.migrate import DatabaseTooNewError, MigrationError
 from controller.domain.errors import DomainError
+from controller.nodes.pki import PkiError
 from controller.settings import SettingsError, generate_master_key
 
 log = structlog.get_logger(__name__)
@@ -111,6 +113,8 @@ cli.add_command(db_group)
 cli.add_command(admin_group)
 cli.add_command(plan_group)
 cli.add_command(user_group)
+cli.add_command(pki_group)
+cli.add_command(agent_group)
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> int:
@@ -140,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         DatabaseUnavailableError,
         MigrationError,
         SchemaOutOfDateError,
+        PkiError,
     ) as exc:
         return _fail(str(exc))
     except OperationalError as exc:

@@ -8,7 +8,7 @@ Tests drive traffic with ``add_traffic`` and failures with ``fail_next_apply``.
 
 from __future__ import annotations
 
-import itertools
+import uuid
 from collections.abc import Sequence
 
 from node_agent.backends.base import (
@@ -23,8 +23,6 @@ from node_agent.backends.wireguard.peers import PeerIndex
 from node_agent.errors import BackendError
 from node_agent.model import Client, WireGuardPeer, validate_client_ids
 
-_epochs = itertools.count(1)
-
 
 class FakeBackend:
     kind = "fake"
@@ -37,7 +35,7 @@ class FakeBackend:
         self.started = False
         self.apply_calls = 0
         self.fail_next_apply: str | None = None
-        self.epoch = f"fake-{next(_epochs)}"
+        self.epoch = f"fake-{uuid.uuid4().hex}"
 
     def validate(self, clients: Sequence[Client]) -> None:
         if clients and all(isinstance(c.spec, WireGuardPeer) for c in clients):
@@ -46,6 +44,7 @@ class FakeBackend:
             validate_client_ids(self.name, clients)
 
     def validate_changes(self, upserts: Sequence[Client], removals: Sequence[str]) -> None:
+        validate_client_ids(self.name, upserts)
         self.validate(self._merged(upserts, removals))
 
     async def apply_changes(
@@ -110,6 +109,6 @@ class FakeBackend:
 
     def restart(self) -> None:
         """Like a core restart: clients kept by the reconciler, counters back to zero."""
-        self.epoch = f"fake-{next(_epochs)}"
+        self.epoch = f"fake-{uuid.uuid4().hex}"
         self.counters = {cid: [0, 0] for cid in self.clients}
         self.online.clear()

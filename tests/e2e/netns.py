@@ -6,6 +6,7 @@ namespaces, and a developer may run their own namespaces beside the tests.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -113,10 +114,8 @@ class Lab:
         for host in (self.server, self.client):
             pids = run(["ip", "netns", "pids", host.name], check=False).stdout.split()
             for pid in pids:
-                try:
+                with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
         time.sleep(0.2)
         for host in (self.server, self.client):
             run(["ip", "netns", "del", host.name], check=False)

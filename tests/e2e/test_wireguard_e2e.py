@@ -31,7 +31,7 @@ class AgentProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(  # noqa: S603 - fixed argv
+        self.process = subprocess.Popen(
             self.lab.server.argv(
                 sys.executable, "-m", "node_agent", "run", "--config", str(self.config)
             ),
@@ -117,7 +117,7 @@ async def test_wireguard_end_to_end(lab: Lab, tmp_path: Path) -> None:
     client_iface = lab.iface("c")
     conf = tmp_path / f"{client_iface}.conf"
     private = run(["wg", "genkey"]).stdout.strip()
-    public = subprocess.run(  # noqa: S603
+    public = subprocess.run(
         ["wg", "pubkey"], input=private, capture_output=True, text=True, check=True
     ).stdout.strip()
     try:
