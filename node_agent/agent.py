@@ -162,15 +162,29 @@ class Agent:
         # clients (the common, latency-critical case) needs no sample.
         if leaving:
             await self._sample_backend(name, backend, self.clock(), only=leaving)
+        if name in self._failures:
+            # The backend missed an earlier change: a delta on top of it would hide that.
+            # Converge it to the whole state instead.
+            return await self._apply_backend(name, self.state.clients(name))
+        return await self._apply_backend(name, None, upserts, removals)
+
+    async def _apply_backend(
+        self,
+        name: str,
+        clients: Sequence[Client] | None,
+        upserts: Sequence[Client] = (),
+        removals: Sequence[str] = (),
+    ) -> BackendOutcome:
+        """Apply ``clients`` (all of them) or else the change; a failure marks the backend
+        degraded instead of failing the call: the state is accepted, and retried."""
+        backend = self.backends[name]
         report = ApplyReport()
         try:
-            if name in self._failures:
-                # The backend missed an earlier change: a delta on top of it would hide that.
-                # Converge it to the whole state instead.
-                await backend.start()
-                report = await backend.apply(self.state.clients(name))
-            else:
+            if clients is None:
                 report = await backend.apply_changes(upserts, removals)
+            else:
+                await backend.start()
+                report = await backend.apply(clients)
         except (AgentError, OSError) as exc:
             self._failures[name] = str(exc)
             self._log.error("backend apply failed", backend=name, error=str(exc))
@@ -207,21 +221,7 @@ class Agent:
         self._log.info("state applied", revision=revision, **changes)
 
     async def _apply_all(self, state: DesiredState) -> list[BackendOutcome]:
-        outcomes = []
-        for name, backend in self.backends.items():
-            report = ApplyReport()
-            try:
-                await backend.start()
-                report = await backend.apply(state.clients(name))
-            except (AgentError, OSError) as exc:
-                self._failures[name] = str(exc)
-                self._log.error("backend apply failed", backend=name, error=str(exc))
-            else:
-                self._failures.pop(name, None)
-                if report.reset_clients:
-                    await asyncio.to_thread(self.ledger.reset_baseline, name, report.reset_clients)
-            outcomes.append(BackendOutcome(name, report, await self.backend_status(name)))
-        return outcomes
+        return [await self._apply_backend(name, state.clients(name)) for name in self.backends]
 
     # --- usage ----------------------------------------------------------------------------
 

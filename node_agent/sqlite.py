@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 
 def connect(path: Path, schema: str, *, threads: bool = False) -> sqlite3.Connection:
+    # Owner-only before SQLite writes anything: the state holds preshared keys. SQLite gives
+    # its -wal and -shm files the database file's mode.
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
     db = sqlite3.connect(path, check_same_thread=not threads, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     # FULL: a commit the agent answered for survives power loss, not only a crash.

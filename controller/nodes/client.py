@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 
@@ -20,6 +21,9 @@ from proto.nodeapi.v1.identity import node_dns_name
 DEFAULT_TIMEOUT = 10.0
 APPLY_TIMEOUT = 60.0  # a full state of 10k peers takes seconds on a busy node
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
 
 
 class NodeRpcError(Exception):
@@ -77,20 +81,25 @@ class NodeClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def info(self) -> pb.AgentInfo:
+    async def _unary(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp],
+        request: Req,
+        timeout: float | None = None,  # noqa: ASYNC109 - it is the gRPC deadline
+    ) -> Resp:
         try:
-            return await self.stub.GetInfo(pb.GetInfoRequest(), timeout=self.timeout)
+            return await method(request, timeout=timeout or self.timeout)
         except grpc.aio.AioRpcError as exc:
             raise NodeRpcError(exc.code(), exc.details() or "") from None
+
+    async def info(self) -> pb.AgentInfo:
+        return await self._unary(self.stub.GetInfo, pb.GetInfoRequest())
 
     async def apply_state(
         self, revision: int, state: pb.DesiredState, *, force: bool = False
     ) -> pb.ApplyResult:
         request = pb.ApplyStateRequest(revision=revision, state=state, force=force)
-        try:
-            return await self.stub.ApplyState(request, timeout=max(self.timeout, APPLY_TIMEOUT))
-        except grpc.aio.AioRpcError as exc:
-            raise NodeRpcError(exc.code(), exc.details() or "") from None
+        return await self._unary(self.stub.ApplyState, request, max(self.timeout, APPLY_TIMEOUT))
 
     async def apply_delta(
         self, base_revision: int, revision: int, backends: list[pb.BackendDelta]
@@ -98,29 +107,17 @@ class NodeClient:
         request = pb.ApplyDeltaRequest(
             base_revision=base_revision, revision=revision, backends=backends
         )
-        try:
-            return await self.stub.ApplyDelta(request, timeout=max(self.timeout, APPLY_TIMEOUT))
-        except grpc.aio.AioRpcError as exc:
-            raise NodeRpcError(exc.code(), exc.details() or "") from None
+        return await self._unary(self.stub.ApplyDelta, request, max(self.timeout, APPLY_TIMEOUT))
 
     async def read_usage(self, after_cursor: int = 0, limit: int = 0) -> pb.ReadUsageResponse:
         request = pb.ReadUsageRequest(after_cursor=after_cursor, limit=limit)
-        try:
-            return await self.stub.ReadUsage(request, timeout=self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise NodeRpcError(exc.code(), exc.details() or "") from None
+        return await self._unary(self.stub.ReadUsage, request)
 
     async def ack_usage(self, cursor: int) -> pb.AckUsageResponse:
-        try:
-            return await self.stub.AckUsage(pb.AckUsageRequest(cursor=cursor), timeout=self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise NodeRpcError(exc.code(), exc.details() or "") from None
+        return await self._unary(self.stub.AckUsage, pb.AckUsageRequest(cursor=cursor))
 
     async def metrics(self) -> pb.HostMetrics:
-        try:
-            return await self.stub.GetMetrics(pb.GetMetricsRequest(), timeout=self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise NodeRpcError(exc.code(), exc.details() or "") from None
+        return await self._unary(self.stub.GetMetrics, pb.GetMetricsRequest())
 
     async def stream_metrics(
         self, interval_seconds: int, *, duration: float

@@ -23,6 +23,33 @@ class PeerState:
     tx_bytes: int = 0
 
 
+@dataclass(slots=True)
+class PeerBuilder:
+    """A peer assembled field by field while a device dump is parsed (a peer may span
+    several netlink messages)."""
+
+    public_key: str
+    preshared_key: str | None = None
+    allowed_ips: list[str] = field(default_factory=list)
+    persistent_keepalive: int = 0
+    endpoint: str | None = None
+    last_handshake: int = 0
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+
+    def build(self) -> PeerState:
+        return PeerState(
+            public_key=self.public_key,
+            preshared_key=self.preshared_key,
+            allowed_ips=tuple(self.allowed_ips),
+            persistent_keepalive=self.persistent_keepalive,
+            endpoint=self.endpoint,
+            last_handshake=self.last_handshake,
+            rx_bytes=self.rx_bytes,
+            tx_bytes=self.tx_bytes,
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceState:
     private_key: str | None = None

@@ -29,7 +29,6 @@ import ipaddress
 import socket
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -47,7 +46,12 @@ from pyroute2.netlink.generic.wireguard import (
     wgmsg,
 )
 
-from node_agent.backends.wireguard.driver import DeviceState, DriverError, PeerChange, PeerState
+from node_agent.backends.wireguard.driver import (
+    DeviceState,
+    DriverError,
+    PeerBuilder,
+    PeerChange,
+)
 
 # wg(8) sizes its messages to MNL_SOCKET_BUFFER_SIZE, a page on the usual 4 KiB-page machines.
 DEFAULT_MAX_MESSAGE_BYTES = 4096
@@ -282,30 +286,6 @@ def build_get_message(ifname: str) -> Any:
     return msg
 
 
-@dataclass(slots=True)
-class _PeerParts:
-    public_key: str
-    preshared_key: str | None = None
-    allowed_ips: list[str] = field(default_factory=list)
-    persistent_keepalive: int = 0
-    endpoint: str | None = None
-    last_handshake: int = 0
-    rx_bytes: int = 0
-    tx_bytes: int = 0
-
-    def state(self) -> PeerState:
-        return PeerState(
-            public_key=self.public_key,
-            preshared_key=self.preshared_key,
-            allowed_ips=tuple(self.allowed_ips),
-            persistent_keepalive=self.persistent_keepalive,
-            endpoint=self.endpoint,
-            last_handshake=self.last_handshake,
-            rx_bytes=self.rx_bytes,
-            tx_bytes=self.tx_bytes,
-        )
-
-
 def _decoded_key(value: Any) -> str | None:
     """A decoded key attribute (pyroute2 gives base64 bytes) as base64 text; zeros are None."""
     if value is None:
@@ -338,7 +318,7 @@ def _decoded_endpoint(value: Any) -> str | None:
     return None
 
 
-def _merge_peer(peers: dict[str, _PeerParts], nla: Any) -> None:
+def _merge_peer(peers: dict[str, PeerBuilder], nla: Any) -> None:
     public_key = _decoded_key(nla.get_attr("WGPEER_A_PUBLIC_KEY"))
     if public_key is None:
         raise DriverError("peer without a public key in a WireGuard dump")
@@ -346,7 +326,7 @@ def _merge_peer(peers: dict[str, _PeerParts], nla: Any) -> None:
     # its allowed IPs, so attributes are taken where present and the lists concatenated.
     parts = peers.get(public_key)
     if parts is None:
-        parts = peers[public_key] = _PeerParts(public_key)
+        parts = peers[public_key] = PeerBuilder(public_key)
     psk = nla.get_attr("WGPEER_A_PRESHARED_KEY")
     if psk is not None:
         parts.preshared_key = _decoded_key(psk)
@@ -374,7 +354,7 @@ def parse_device(messages: Iterable[Any]) -> DeviceState:
     ``wgmsg``s): the device attributes come from the first message, the peers from all."""
     private_key: str | None = None
     listen_port = 0
-    peers: dict[str, _PeerParts] = {}
+    peers: dict[str, PeerBuilder] = {}
     count = 0
     for msg in messages:
         if count == 0:
@@ -388,7 +368,7 @@ def parse_device(messages: Iterable[Any]) -> DeviceState:
     return DeviceState(
         private_key=private_key,
         listen_port=listen_port,
-        peers={key: parts.state() for key, parts in peers.items()},
+        peers={key: parts.build() for key, parts in peers.items()},
     )
 
 

@@ -11,11 +11,16 @@ import asyncio
 import base64
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.proc import CommandError, run_command
-from node_agent.backends.wireguard.driver import DeviceState, DriverError, PeerChange, PeerState
+from node_agent.backends.wireguard.driver import (
+    DeviceState,
+    DriverError,
+    PeerBuilder,
+    PeerChange,
+    PeerState,
+)
 
 DEFAULT_SOCKET_DIR = Path("/var/run/wireguard")
 _ZERO_KEY = "0" * 64
@@ -30,36 +35,12 @@ def hex_to_b64(key: str) -> str:
     return base64.b64encode(bytes.fromhex(key)).decode()
 
 
-@dataclass
-class _PeerBuilder:
-    public_key: str
-    preshared_key: str | None = None
-    allowed_ips: list[str] = field(default_factory=list)
-    persistent_keepalive: int = 0
-    endpoint: str | None = None
-    last_handshake: int = 0
-    rx_bytes: int = 0
-    tx_bytes: int = 0
-
-    def build(self) -> PeerState:
-        return PeerState(
-            public_key=self.public_key,
-            preshared_key=self.preshared_key,
-            allowed_ips=tuple(self.allowed_ips),
-            persistent_keepalive=self.persistent_keepalive,
-            endpoint=self.endpoint,
-            last_handshake=self.last_handshake,
-            rx_bytes=self.rx_bytes,
-            tx_bytes=self.tx_bytes,
-        )
-
-
 def parse_get(text: str) -> DeviceState:
     """Parse a ``get=1`` reply (without its errno line) into a DeviceState."""
     private_key: str | None = None
     listen_port = 0
     peers: dict[str, PeerState] = {}
-    peer: _PeerBuilder | None = None
+    peer: PeerBuilder | None = None
     try:
         for line in text.splitlines():
             if not line:
@@ -70,7 +51,7 @@ def parse_get(text: str) -> DeviceState:
             if key == "public_key":
                 if peer is not None:
                     peers[peer.public_key] = peer.build()
-                peer = _PeerBuilder(hex_to_b64(value))
+                peer = PeerBuilder(hex_to_b64(value))
             elif peer is None:
                 if key == "private_key":
                     private_key = None if value == _ZERO_KEY else hex_to_b64(value)
