@@ -25,12 +25,14 @@ async def run_command(
     timeout: float,  # noqa: ASYNC109 - on timeout the child is killed too
     env: Mapping[str, str] | None = None,
     inherit_env: bool = True,
+    new_session: bool = False,
 ) -> CommandResult:
     """Run ``argv``; kill it when ``timeout`` seconds pass.
 
     ``env`` entries are added to the current environment, or with ``inherit_env=False`` are
     the child's whole environment (so vpnbot's own secrets do not leak into it). Pass secrets
-    such as PGPASSWORD this way, never in argv.
+    such as PGPASSWORD this way, never in argv. ``new_session`` starts the child in a session
+    of its own, so a daemon it leaves behind outlives signals sent to our process group.
     """
     if inherit_env:
         full_env: dict[str, str] | None = {**os.environ, **env} if env else None
@@ -43,6 +45,7 @@ async def run_command(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=full_env,
+            start_new_session=new_session,
         )
     except FileNotFoundError:
         raise CommandError(f"{argv[0]} not found") from None

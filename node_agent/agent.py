@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import sqlite3
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -68,6 +69,7 @@ class Agent:
         self.revision, self.state = store.load()
         self._lock = asyncio.Lock()
         self._failures: dict[str, str] = {}
+        self._inflight: set[asyncio.Future[ApplyOutcome]] = set()
         self._log = log.bind(node_id=node_id)
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -98,11 +100,25 @@ class Agent:
 
     # --- desired state ---------------------------------------------------------------------
 
+    async def _shielded(self, work: Awaitable[ApplyOutcome]) -> ApplyOutcome:
+        """Run an apply to its end even when the caller goes away (a gRPC deadline or a
+        dropped connection cancels the handler): a change stopped half-way would leave the
+        devices, the persisted state and the agent's memory disagreeing."""
+        task = asyncio.ensure_future(work)
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        return await asyncio.shield(task)
+
     async def apply_full(
         self, revision: int, state: DesiredState, *, force: bool, named: Iterable[str] = ()
     ) -> ApplyOutcome:
         """Converge to ``state``. ``named``: backend names the request mentioned (even with no
         clients), so an unknown one is refused rather than silently ignored."""
+        return await self._shielded(self._apply_full(revision, state, force, list(named)))
+
+    async def _apply_full(
+        self, revision: int, state: DesiredState, force: bool, named: list[str]
+    ) -> ApplyOutcome:
         async with self._lock:
             if revision < self.revision and not force:
                 raise RevisionMismatchError(
@@ -114,6 +130,15 @@ class Agent:
             return await self._converge(revision, DesiredState(state.backends))
 
     async def apply_delta(
+        self,
+        base_revision: int,
+        revision: int,
+        upserts: Mapping[str, Sequence[Client]],
+        removals: Mapping[str, Sequence[str]],
+    ) -> ApplyOutcome:
+        return await self._shielded(self._apply_delta(base_revision, revision, upserts, removals))
+
+    async def _apply_delta(
         self,
         base_revision: int,
         revision: int,
@@ -133,7 +158,16 @@ class Agent:
             names = sorted(upserts.keys() | removals.keys())
             self._check_names(names)
             for name in names:
-                self.backends[name].validate_changes(upserts.get(name, ()), removals.get(name, ()))
+                backend = self.backends[name]
+                if name in self._failures:
+                    # The backend's own view lags behind the desired state: check the change
+                    # against what the node must serve, not against what last succeeded.
+                    changed = self.state.with_delta(
+                        {name: upserts.get(name, ())}, {name: removals.get(name, ())}
+                    )
+                    backend.validate(changed.clients(name))
+                else:
+                    backend.validate_changes(upserts.get(name, ()), removals.get(name, ()))
             # Which clients leave or get re-created, judged against the state before the delta.
             leaving = {
                 name: {i for i in removals.get(name, ()) if self.state.has(name, i)}
@@ -188,6 +222,9 @@ class Agent:
         except (AgentError, OSError) as exc:
             self._failures[name] = str(exc)
             self._log.error("backend apply failed", backend=name, error=str(exc))
+        except Exception as exc:  # a bug in a backend must not leave the others unapplied
+            self._failures[name] = f"internal error: {exc!r}"
+            self._log.exception("backend apply crashed", backend=name)
         else:
             self._failures.pop(name, None)
             if report.reset_clients:
@@ -206,11 +243,12 @@ class Agent:
         self._check_names(state.names())
         for name, backend in self.backends.items():
             backend.validate(state.clients(name))
-        # Persist first: from here on this is what the node converges to, across crashes.
+        # Persist first: from here on this is what the node converges to, across crashes,
+        # and what the agent reports and bases deltas on.
         self.store.save(revision, state)
+        self.state, self.revision = state, revision
         await self._sample_locked()
         outcomes = await self._apply_all(state)
-        self.state, self.revision = state, revision
         self._log_applied(revision, outcomes)
         return ApplyOutcome(revision, outcomes)
 
@@ -245,7 +283,10 @@ class Agent:
         counters = sample.counters
         if only is not None:
             counters = {i: c for i, c in counters.items() if i in only}
-        await asyncio.to_thread(self.ledger.record, name, sample.epoch, counters, now)
+        try:
+            await asyncio.to_thread(self.ledger.record, name, sample.epoch, counters, now)
+        except sqlite3.Error as exc:  # the next sample counts it; the apply must go on
+            self._log.error("usage ledger write failed", backend=name, error=str(exc))
 
     # --- status ---------------------------------------------------------------------------
 

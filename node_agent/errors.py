@@ -23,6 +23,10 @@ class RevisionMismatchError(AgentError):
     pass
 
 
+class LedgerMismatchError(AgentError):
+    pass
+
+
 class BackendError(AgentError):
     pass
 

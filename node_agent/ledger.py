@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from node_agent.backends.base import Counters
-from node_agent.errors import InvalidStateError
+from node_agent.errors import InvalidStateError, LedgerMismatchError
 from node_agent.sqlite import connect, transaction
 
 DEFAULT_READ_LIMIT = 1000
@@ -76,6 +76,14 @@ class LedgerPage:
     last_cursor: int
     more: bool
     ledger_id: str
+
+
+MAX_CURSOR = 2**63 - 1  # SQLite integers are signed 64-bit
+
+
+def _check_cursor(cursor: int) -> None:
+    if not 0 <= cursor <= MAX_CURSOR:
+        raise InvalidStateError(f"cursor {cursor} is out of range 0..{MAX_CURSOR}")
 
 
 class UsageLedger:
@@ -166,6 +174,7 @@ class UsageLedger:
             )
 
     def read(self, after_cursor: int, limit: int = DEFAULT_READ_LIMIT) -> LedgerPage:
+        _check_cursor(after_cursor)
         limit = DEFAULT_READ_LIMIT if limit <= 0 else min(limit, MAX_READ_LIMIT)
         with self._lock:
             rows = self._db.execute(
@@ -181,12 +190,18 @@ class UsageLedger:
         last = entries[-1].cursor if entries else after_cursor
         return LedgerPage(entries, last, more, self.ledger_id)
 
-    def acknowledge(self, cursor: int) -> int:
+    def acknowledge(self, cursor: int, ledger_id: str | None = None) -> int:
         """Drop entries up to ``cursor``; return the cursor now acknowledged.
 
         A cursor the ledger never issued is refused: acknowledging it would drop entries
-        nobody has read.
+        nobody has read; so is an acknowledgement for another ledger (this one was recreated).
         """
+        _check_cursor(cursor)
+        if ledger_id is not None and ledger_id != self.ledger_id:
+            raise LedgerMismatchError(
+                f"acknowledgement for ledger {ledger_id!r}, but this agent's ledger is "
+                f"{self.ledger_id!r}: read again from cursor 0"
+            )
         with self._lock, transaction(self._db):
             issued = self._db.execute(
                 "SELECT seq FROM sqlite_sequence WHERE name = 'entries'"

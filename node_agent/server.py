@@ -19,6 +19,7 @@ from node_agent.errors import (
     AgentError,
     BackendError,
     InvalidStateError,
+    LedgerMismatchError,
     NotSupportedError,
     RevisionMismatchError,
 )
@@ -31,6 +32,7 @@ log = structlog.get_logger("node_agent")
 
 CAPABILITIES = ("apply_state", "apply_delta", "usage_ledger", "metrics_stream")
 DEFAULT_STREAM_INTERVAL = 10
+CONTROLLER_REQUIRED = "the controller identity is required"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a full state of 10k+ peers is several MB
 
 Context = grpc.aio.ServicerContext[object, object]
@@ -39,6 +41,7 @@ T = TypeVar("T")
 _STATUS = {
     InvalidStateError: grpc.StatusCode.INVALID_ARGUMENT,
     RevisionMismatchError: grpc.StatusCode.FAILED_PRECONDITION,
+    LedgerMismatchError: grpc.StatusCode.FAILED_PRECONDITION,
     BackendError: grpc.StatusCode.UNAVAILABLE,
     NotSupportedError: grpc.StatusCode.UNIMPLEMENTED,
 }
@@ -48,9 +51,7 @@ async def _guard(context: Context, call: Callable[[], Awaitable[T]]) -> T:
     """Refuse callers without the controller identity; turn agent errors into statuses."""
     if not is_controller(context):
         log.warning("refused a caller without the controller identity", peer=context.peer())
-        await context.abort(
-            grpc.StatusCode.PERMISSION_DENIED, "the controller identity is required"
-        )
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, CONTROLLER_REQUIRED)
     try:
         return await call()
     except AgentError as exc:
@@ -150,7 +151,11 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
 
     async def AckUsage(self, request: pb.AckUsageRequest, context: Context) -> pb.AckUsageResponse:
         async def run() -> pb.AckUsageResponse:
-            acked = await asyncio.to_thread(self.agent.ledger.acknowledge, request.cursor)
+            if not request.ledger_id:
+                raise InvalidStateError("ledger_id is required (from the ReadUsageResponse)")
+            acked = await asyncio.to_thread(
+                self.agent.ledger.acknowledge, request.cursor, request.ledger_id
+            )
             return pb.AckUsageResponse(acknowledged_cursor=acked)
 
         return await _guard(context, run)
@@ -182,9 +187,7 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
         self, request: pb.StreamMetricsRequest, context: Context
     ) -> AsyncIterator[pb.HostMetrics]:
         if not is_controller(context):
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED, "the controller identity is required"
-            )
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, CONTROLLER_REQUIRED)
         interval = request.interval_seconds or DEFAULT_STREAM_INTERVAL
         if not 1 <= interval <= 3600:
             await context.abort(
@@ -201,6 +204,27 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
             raise NotSupportedError("this agent runs no OpenVPN backend")
 
         return await _guard(context, run)
+
+
+HealthContext = grpc.aio.ServicerContext[
+    health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+]
+
+
+class _ControllerOnlyHealth(health_aio.HealthServicer):
+    """grpc.health.v1, answered to the controller only, like everything else here."""
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: HealthContext
+    ) -> health_pb2.HealthCheckResponse:
+        if not is_controller(context):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, CONTROLLER_REQUIRED)
+        return await super().Check(request, context)
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: HealthContext) -> None:
+        if not is_controller(context):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, CONTROLLER_REQUIRED)
+        await super().Watch(request, context)
 
 
 class AgentServer:
@@ -226,9 +250,11 @@ class AgentServer:
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                # A second agent must fail to bind, not silently share the port.
+                ("grpc.so_reuseport", 0),
             ]
         )
-        self.health = health_aio.HealthServicer()
+        self.health = _ControllerOnlyHealth()
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cryptography import x509
@@ -110,7 +111,7 @@ def create_key_and_csr(state_dir: Path, node_id: str) -> bytes:
     return csr.public_bytes(serialization.Encoding.PEM)
 
 
-def is_controller(context: grpc.aio.ServicerContext[object, object]) -> bool:
+def is_controller(context: grpc.aio.ServicerContext[Any, Any]) -> bool:
     """The caller's verified certificate carries the controller identity."""
     auth = context.auth_context()
     names = auth.get("x509_subject_alternative_name", [])

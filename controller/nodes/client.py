@@ -113,8 +113,11 @@ class NodeClient:
         request = pb.ReadUsageRequest(after_cursor=after_cursor, limit=limit)
         return await self._unary(self.stub.ReadUsage, request)
 
-    async def ack_usage(self, cursor: int) -> pb.AckUsageResponse:
-        return await self._unary(self.stub.AckUsage, pb.AckUsageRequest(cursor=cursor))
+    async def ack_usage(self, cursor: int, ledger_id: str) -> pb.AckUsageResponse:
+        """Acknowledge entries up to ``cursor`` of the ledger ``ledger_id`` (both from the
+        ReadUsageResponse), after they are committed on our side."""
+        request = pb.AckUsageRequest(cursor=cursor, ledger_id=ledger_id)
+        return await self._unary(self.stub.AckUsage, request)
 
     async def metrics(self) -> pb.HostMetrics:
         return await self._unary(self.stub.GetMetrics, pb.GetMetricsRequest())

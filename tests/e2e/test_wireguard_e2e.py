@@ -6,6 +6,7 @@ socket (unix sockets cross namespaces; the VPN traffic does not)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -38,11 +39,14 @@ class AgentProcess:
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=self.log.open("ab"),
+            start_new_session=True,  # its own process group, as under a terminal or a unit
         )
 
     def stop(self) -> int:
+        """SIGTERM to the agent's whole process group, as Ctrl+C in a terminal or a service
+        manager would send: wireguard-go must not be in that group."""
         assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
+        os.killpg(self.process.pid, signal.SIGTERM)
         code = self.process.wait(timeout=20)
         self.process = None
         return code

@@ -228,7 +228,7 @@ async def test_a_cluster_certificate_without_the_controller_identity_is_denied_e
         delta = [pb.BackendDelta(name="fake", remove=["c1"])]
         assert await code_of(intruder.apply_delta(1, 2, delta)) == denied
         assert await code_of(intruder.read_usage()) == denied
-        assert await code_of(intruder.ack_usage(before.last_cursor)) == denied
+        assert await code_of(intruder.ack_usage(before.last_cursor, before.ledger_id)) == denied
         assert await code_of(intruder.metrics()) == denied
         assert await stream_code(intruder, 1) == denied
         assert await issue_openvpn_code(intruder) == denied
@@ -480,13 +480,13 @@ async def test_usage_is_cumulative_and_acknowledged_entries_are_compacted(node: 
     assert second.ledger_id == first.ledger_id
     assert second.last_cursor > first.last_cursor
 
-    ack = await node.client.ack_usage(second.last_cursor)
+    ack = await node.client.ack_usage(second.last_cursor, second.ledger_id)
     assert ack.acknowledged_cursor == second.last_cursor
     assert (await node.client.read_usage()).entries == []
     assert (await node.client.read_usage(after_cursor=second.last_cursor)).entries == []
 
     with pytest.raises(NodeRpcError) as info:
-        await node.client.ack_usage(second.last_cursor + 1000)
+        await node.client.ack_usage(second.last_cursor + 1000, second.ledger_id)
     assert info.value.code == Code.INVALID_ARGUMENT
 
     node.fake.add_traffic("c2", 1, 1)

@@ -68,6 +68,14 @@ def public_key_of(private_key: str) -> str:
     ).decode()
 
 
+def _same_networks(a: Sequence[str], b: Sequence[str]) -> bool:
+    # The device prints networks in canonical form (fd00::2/128), the controller may not.
+    def canonical(ips: Sequence[str]) -> list[str]:
+        return sorted(str(ipaddress.ip_network(ip, strict=False)) for ip in ips)
+
+    return sorted(a) == sorted(b) or canonical(a) == canonical(b)
+
+
 def _change_for(spec: WireGuardPeer, present: PeerState | None) -> PeerChange | None:
     """The UAPI/netlink change turning ``present`` into ``spec`` (None: nothing to do)."""
     if present is None:
@@ -82,7 +90,7 @@ def _change_for(spec: WireGuardPeer, present: PeerState | None) -> PeerChange | 
         if (present.preshared_key or None) == (spec.preshared_key or None)
         else (spec.preshared_key or "")
     )
-    ips = None if sorted(present.allowed_ips) == sorted(spec.allowed_ips) else spec.allowed_ips
+    ips = None if _same_networks(present.allowed_ips, spec.allowed_ips) else spec.allowed_ips
     keepalive = (
         None
         if present.persistent_keepalive == spec.persistent_keepalive
@@ -159,54 +167,58 @@ class WireGuardBackend:
 
     async def apply(self, clients: Sequence[Client]) -> ApplyReport:
         wanted = PeerIndex.build(self.name, clients, self.addresses)
+        known_owner = self._index.key_owner  # who owned each key, as far as we know
         try:
             device = await self.driver.get(self.interface)
-            by_key = {spec.public_key: cid for cid, spec in wanted.peers.items()}
-            changes: list[PeerChange] = [
-                PeerChange(public_key=key, remove=True)
-                for key in device.peers.keys() - by_key.keys()
-            ]
-            added: set[str] = set()
-            updated = 0
+            removes: dict[str, PeerChange] = {}
+            reset: set[str] = set()
+            removed = 0
+            for key in device.peers:
+                new_owner = wanted.key_owner.get(key)
+                old_owner = known_owner.get(key)
+                if new_owner is None:
+                    removed += 1
+                elif old_owner is None or old_owner == new_owner:
+                    continue
+                # Not wanted, or the key moved to another client: the peer (and its
+                # counters, which belong to the old owner) goes.
+                removes[key] = PeerChange(key, remove=True)
+                if old_owner is not None:
+                    reset.add(old_owner)
+            others: list[PeerChange] = []
+            added = updated = 0
             for client_id, spec in wanted.peers.items():
-                present = device.peers.get(spec.public_key)
+                present = None if spec.public_key in removes else device.peers.get(spec.public_key)
                 change = _change_for(spec, present)
                 if change is None:
                     continue
-                changes.append(change)
+                others.append(change)
                 if present is None:
-                    added.add(client_id)
+                    added += 1
+                    reset.add(client_id)
                 else:
                     updated += 1
-            await self.driver.set(self.interface, peers=changes)
+            # Removals first: a moved key is removed, then created afresh for its new owner.
+            await self.driver.set(self.interface, peers=[*removes.values(), *others])
         except DriverError as exc:
             raise BackendError(f"{self.name}: {exc}") from None
-        removed_ids = {
-            cid
-            for key in device.peers.keys() - by_key.keys()
-            if (cid := self._index.key_owner.get(key)) is not None
-        }
-        self._index = wanted
-        return ApplyReport(
-            added=len(added),
-            updated=updated,
-            removed=len(device.peers.keys() - by_key.keys()),
-            reset_clients=frozenset(added | removed_ids),
-        )
+        finally:
+            self._index = wanted
+        return ApplyReport(added, updated, removed, frozenset(reset))
 
     async def apply_changes(
         self, upserts: Sequence[Client], removals: Sequence[str]
     ) -> ApplyReport:
         index = self._index
-        changes: list[PeerChange] = []
+        removes: dict[str, PeerChange] = {}
+        others: list[PeerChange] = []
         reset: set[str] = set()
         added = updated = removed = 0
         upsert_ids = {c.id for c in upserts}
-        new_keys = {c.spec.public_key for c in upserts if isinstance(c.spec, WireGuardPeer)}
         for client_id in removals:
             if client_id in index.peers and client_id not in upsert_ids:
-                if index.peers[client_id].public_key not in new_keys:
-                    changes.append(PeerChange(index.peers[client_id].public_key, remove=True))
+                key = index.peers[client_id].public_key
+                removes[key] = PeerChange(key, remove=True)
                 reset.add(client_id)
                 removed += 1
         for client in upserts:
@@ -214,11 +226,16 @@ class WireGuardBackend:
             assert isinstance(spec, WireGuardPeer)  # validated
             old = index.peers.get(client.id)
             if old is not None and old.public_key != spec.public_key:
-                if old.public_key not in new_keys:
-                    changes.append(PeerChange(old.public_key, remove=True))
+                removes[old.public_key] = PeerChange(old.public_key, remove=True)
                 old = None
+            owner = index.key_owner.get(spec.public_key)
+            if owner is not None and owner != client.id:
+                # The key moves from another client: that peer's counters are the other
+                # client's traffic, so the peer is re-created, never taken over.
+                removes[spec.public_key] = PeerChange(spec.public_key, remove=True)
+                reset.add(owner)
             if old is None:
-                changes.append(_change_for(spec, None))  # type: ignore[arg-type]
+                others.append(_change_for(spec, None))  # type: ignore[arg-type]
                 reset.add(client.id)
                 added += 1
             else:
@@ -227,10 +244,10 @@ class WireGuardBackend:
                 )
                 change = _change_for(spec, present)
                 if change is not None:
-                    changes.append(change)
+                    others.append(change)
                     updated += 1
         try:
-            await self.driver.set(self.interface, peers=changes)
+            await self.driver.set(self.interface, peers=[*removes.values(), *others])
         except DriverError as exc:
             raise BackendError(f"{self.name}: {exc}") from None
         finally:

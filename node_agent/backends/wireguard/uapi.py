@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -139,9 +140,15 @@ class UapiDriver:
             return False
         try:
             # wireguard-go daemonizes: the device outlives the agent, so an agent restart or
-            # upgrade drops no client. Its child gets /dev/null as stdio, so this returns.
+            # upgrade drops no client. A session of its own keeps it out of the agent's
+            # process group (Ctrl+C, a group kill); a bare environment keeps LOG_LEVEL away,
+            # which would hand the daemon our pipes and make this call wait for it.
             result = await run_command(
-                [self.wireguard_go, ifname], timeout=self.start_timeout, inherit_env=True
+                [self.wireguard_go, ifname],
+                timeout=self.start_timeout,
+                env={"PATH": os.environ.get("PATH", os.defpath)},
+                inherit_env=False,
+                new_session=True,
             )
         except CommandError as exc:
             raise DriverError(f"could not start wireguard-go for {ifname}: {exc}") from None

@@ -718,15 +718,22 @@ class AckUsageRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CURSOR_FIELD_NUMBER: _builtins.int
+    LEDGER_ID_FIELD_NUMBER: _builtins.int
     cursor: _builtins.int
+    ledger_id: _builtins.str
+    """The ledger_id of the ReadUsageResponse the cursor came from: an acknowledgement meant for
+    a ledger that has since been recreated is refused (FAILED_PRECONDITION), never applied to
+    entries nobody has read.
+    """
     def __init__(
         self,
         *,
         cursor: _builtins.int = ...,
+        ledger_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "ledger_id", b"ledger_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

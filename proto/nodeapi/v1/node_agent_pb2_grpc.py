@@ -113,6 +113,7 @@ class NodeAgentServicer:
 
     def AckUsage(self, request, context):
         """The controller has durably recorded every entry up to `cursor`; the agent may compact them.
+        FAILED_PRECONDITION when `ledger_id` is not the agent's current ledger.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

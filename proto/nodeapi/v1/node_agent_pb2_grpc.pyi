@@ -61,7 +61,9 @@ class NodeAgentStub:
     ReadUsage: _grpc.UnaryUnaryMultiCallable[_node_agent_pb2.ReadUsageRequest, _node_agent_pb2.ReadUsageResponse]
     """Ledger entries after a cursor, oldest first. Each entry holds cumulative counters."""
     AckUsage: _grpc.UnaryUnaryMultiCallable[_node_agent_pb2.AckUsageRequest, _node_agent_pb2.AckUsageResponse]
-    """The controller has durably recorded every entry up to `cursor`; the agent may compact them."""
+    """The controller has durably recorded every entry up to `cursor`; the agent may compact them.
+    FAILED_PRECONDITION when `ledger_id` is not the agent's current ledger.
+    """
     GetMetrics: _grpc.UnaryUnaryMultiCallable[_node_agent_pb2.GetMetricsRequest, _node_agent_pb2.HostMetrics]
     """Host metrics now."""
     StreamMetrics: _grpc.UnaryStreamMultiCallable[_node_agent_pb2.StreamMetricsRequest, _node_agent_pb2.HostMetrics]
@@ -90,7 +92,9 @@ class NodeAgentAsyncStub(NodeAgentStub):
     ReadUsage: _aio.UnaryUnaryMultiCallable[_node_agent_pb2.ReadUsageRequest, _node_agent_pb2.ReadUsageResponse]  # type: ignore[assignment]
     """Ledger entries after a cursor, oldest first. Each entry holds cumulative counters."""
     AckUsage: _aio.UnaryUnaryMultiCallable[_node_agent_pb2.AckUsageRequest, _node_agent_pb2.AckUsageResponse]  # type: ignore[assignment]
-    """The controller has durably recorded every entry up to `cursor`; the agent may compact them."""
+    """The controller has durably recorded every entry up to `cursor`; the agent may compact them.
+    FAILED_PRECONDITION when `ledger_id` is not the agent's current ledger.
+    """
     GetMetrics: _aio.UnaryUnaryMultiCallable[_node_agent_pb2.GetMetricsRequest, _node_agent_pb2.HostMetrics]  # type: ignore[assignment]
     """Host metrics now."""
     StreamMetrics: _aio.UnaryStreamMultiCallable[_node_agent_pb2.StreamMetricsRequest, _node_agent_pb2.HostMetrics]  # type: ignore[assignment]
@@ -146,7 +150,9 @@ class NodeAgentServicer(metaclass=_abc_1.ABCMeta):
         request: _node_agent_pb2.AckUsageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_node_agent_pb2.AckUsageResponse, _abc.Awaitable[_node_agent_pb2.AckUsageResponse]]:
-        """The controller has durably recorded every entry up to `cursor`; the agent may compact them."""
+        """The controller has durably recorded every entry up to `cursor`; the agent may compact them.
+        FAILED_PRECONDITION when `ledger_id` is not the agent's current ledger.
+        """
 
     @_abc_1.abstractmethod
     def GetMetrics(
