@@ -38,8 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the controller",
         description=(
             "Restore the persisted state into the VPN backends, then serve the controller. "
-            "The state directory must hold ca.pem, agent.key and agent.pem. Stops cleanly on "
-            "SIGTERM or Ctrl+C, leaving the VPN running."
+            "The state directory must hold ca.pem, agent.key and agent.pem. The VPN backends "
+            "come from [backends.NAME] tables of the config file (see the README). Stops "
+            "cleanly on SIGTERM or Ctrl+C and leaves the VPN running (under systemd, use "
+            "KillMode=process so stopping the unit spares wireguard-go)."
         ),
     )
     run.add_argument("--config", type=Path, help="TOML config file (env VPN_NODE_AGENT_CONFIG)")

@@ -199,6 +199,7 @@ class MemoryWireGuardDriver:
 def _fits_the_protocol(driver: MemoryWireGuardDriver) -> WireGuardDriver:
     return driver  # a static check (mypy) that the memory driver is a WireGuardDriver
 
+
 INTERFACE = "wgmem0"
 LISTEN_PORT = 51820
 SERVER_ADDRESSES = ("10.8.0.1/24", "fd00::1/64")
