@@ -71,14 +71,6 @@ def fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
-def build_csr(key: PrivateKey, common_name: str) -> x509.CertificateSigningRequest:
-    return (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .sign(key, hashes.SHA256())
-    )
-
-
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 

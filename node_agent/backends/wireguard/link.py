@@ -42,12 +42,6 @@ def configure_link(ifname: str, addresses: Sequence[Address], mtu: int | None = 
         return index
 
 
-def link_index(ifname: str) -> int | None:
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=ifname)
-    return int(found[0]) if found else None
-
-
 def delete_link(ifname: str) -> None:
     with IPRoute() as ipr:
         found = ipr.link_lookup(ifname=ifname)
