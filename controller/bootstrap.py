@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from controller.crypto import DecryptionError, SecretBox
 from controller.db import migrate
 from controller.db.engine import create_engine, create_session_factory, ping
-from controller.db.uow import UnitOfWorkFactory, make_uow_factory
+from controller.db.uow import NodeEvents, UnitOfWorkFactory, make_uow_factory
 from controller.services import Services, build_services
 from controller.settings import Settings, SettingsError, load_master_key
 
@@ -70,6 +70,7 @@ class Container:
     uow_factory: UnitOfWorkFactory
     services: Services
     secrets: SecretBox
+    events: NodeEvents = field(default_factory=NodeEvents)
 
 
 async def prepare_database(engine: AsyncEngine, *, auto_migrate: bool) -> None:
@@ -96,15 +97,19 @@ async def open_container(
             auto_migrate=settings.database.auto_migrate if auto_migrate is None else auto_migrate,
         )
         session_factory = create_session_factory(engine)
-        uow_factory = make_uow_factory(session_factory)
+        events = NodeEvents()
+        uow_factory = make_uow_factory(session_factory, events)
         await verify_master_key(uow_factory, secrets)
         yield Container(
             settings=settings,
             engine=engine,
             session_factory=session_factory,
             uow_factory=uow_factory,
-            services=build_services(uow_factory),
+            services=build_services(
+                uow_factory, secrets=secrets, enrollment=settings.enrollment, vpn=settings.vpn
+            ),
             secrets=secrets,
+            events=events,
         )
     finally:
         await engine.dispose()

@@ -1,5 +1,5 @@
-"""``vpnbot run``: one asyncio process with the HTTP API and the scheduler (bots and the hub
-join it in later issues)."""
+"""``vpnbot run``: one asyncio process with the HTTP API, the HTTPS enrollment listener, the
+hub that drives node agents, and the scheduler (bots join it in later issues)."""
 
 from __future__ import annotations
 
@@ -7,35 +7,42 @@ import asyncio
 import contextlib
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
 
 import structlog
 import uvicorn
 
 from controller import __version__
 from controller.api.app import create_app
-from controller.bootstrap import open_container
-from controller.scheduler import Scheduler, build_scheduler
+from controller.bootstrap import Container, open_container
+from controller.db.base import utcnow
+from controller.nodes.ca import ensure_ca, listener_certificate
+from controller.nodes.hub import Hub
+from controller.scheduler import build_scheduler
+from controller.services.nodes import enrollment_url
 from controller.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+Background = tuple[str, Callable[[], Coroutine[Any, Any, None]]]
 
 
 class _Server(uvicorn.Server):
     """uvicorn, plus what runs beside the API.
 
-    Background work (the scheduler now; bots and the hub later) starts only once the server
-    is listening, so a start-up failure (port in use) never runs a job, and it is cancelled
+    Background work (enrollment listener, hub, scheduler) starts only once the server is
+    listening, so a start-up failure (port in use) never runs a job, and it is cancelled
     before the server finishes shutting down.
 
     A stop requested by SIGINT/SIGTERM is a normal stop: uvicorn would re-raise the signal
     after its graceful shutdown so the process dies "by signal"; here it exits 0.
     """
 
-    def __init__(self, config: uvicorn.Config, scheduler: Scheduler | None) -> None:
+    def __init__(self, config: uvicorn.Config, background: list[Background]) -> None:
         super().__init__(config)
-        self._scheduler = scheduler
-        self._scheduler_task: asyncio.Task[None] | None = None
+        self._background = background
+        self._tasks: list[asyncio.Task[None]] = []
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -51,28 +58,102 @@ class _Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        if self.started and self._scheduler is not None and self._scheduler.jobs:
-            self._scheduler_task = asyncio.create_task(self._scheduler.run(), name="scheduler")
-            log.info("scheduler_started", jobs=[job.name for job in self._scheduler.jobs])
+        if not self.started:
+            return
+        for name, factory in self._background:
+            self._tasks.append(asyncio.create_task(self._guard(name, factory), name=name))
+
+    async def _guard(self, name: str, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        log.info(f"{name}_started")
+        try:
+            await factory()
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            # One component failing must not leave a half-working controller running.
+            log.exception("component_failed", component=name)
+            self.should_exit = True
 
     async def stop_background(self) -> None:
-        task, self._scheduler_task = self._scheduler_task, None
-        if task is not None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            log.info("scheduler_stopped")
+            log.info(f"{task.get_name()}_stopped")
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await self.stop_background()
         await super().shutdown(sockets)
 
 
+class _QuietServer(uvicorn.Server):
+    """A second listener in the same process: the main server owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _enrollment_listener(container: Container) -> None:
+    settings = container.settings
+    ca = await ensure_ca(container.uow_factory, container.secrets)
+    url = enrollment_url(settings.enrollment)
+    cert, key = listener_certificate(ca, url, settings.data_dir / "enrollment")
+    server = _QuietServer(
+        uvicorn.Config(
+            create_app(container),
+            host=settings.enrollment.host,
+            port=settings.enrollment.port,
+            ssl_certfile=str(cert),
+            ssl_keyfile=str(key),
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+        )
+    )
+    log.info(
+        "enrollment_listening",
+        url=url,
+        host=settings.enrollment.host,
+        port=settings.enrollment.port,
+    )
+    try:
+        await server.serve()
+    except SystemExit:
+        raise OSError(
+            f"could not listen for enrollment on {settings.enrollment.host}:"
+            f"{settings.enrollment.port} (VPNBOT_ENROLLMENT__PORT)"
+        ) from None
+    finally:
+        server.should_exit = True
+
+
+def build_hub(container: Container) -> Hub:
+    return Hub(
+        container.uow_factory,
+        container.secrets,
+        container.settings.hub,
+        utcnow,
+        events=container.events,
+        engine=container.engine,
+    )
+
+
 async def serve(settings: Settings, *, host: str, port: int) -> None:
     async with open_container(settings) as container:
-        scheduler = (
-            build_scheduler(settings, container.services) if settings.scheduler.enabled else None
-        )
+        background: list[Background] = []
+        if settings.enrollment.enabled:
+            background.append(("enrollment", lambda: _enrollment_listener(container)))
+        if settings.hub.enabled:
+            hub = build_hub(container)
+            background.append(("hub", hub.run))
+        if settings.scheduler.enabled:
+            scheduler = build_scheduler(settings, container.services)
+            if scheduler.jobs:
+                background.append(("scheduler", scheduler.run))
         config = uvicorn.Config(
             create_app(container),
             host=host,
@@ -90,7 +171,7 @@ async def serve(settings: Settings, *, host: str, port: int) -> None:
             database=container.engine.dialect.name,
             env=settings.env,
         )
-        server = _Server(config, scheduler)
+        server = _Server(config, background)
         try:
             await server.serve()
         except SystemExit:  # uvicorn exits on start-up failures (port in use...)

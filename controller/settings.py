@@ -11,6 +11,7 @@ import base64
 import binascii
 import contextlib
 import errno
+import ipaddress
 import os
 import re
 import secrets
@@ -19,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -175,6 +177,72 @@ class SchedulerSettings(_Section):
     expiry_sweep_seconds: float = Field(default=60.0, ge=1.0, le=86400.0)
 
 
+class EnrollmentSettings(_Section):
+    enabled: bool = True
+    host: str = "0.0.0.0"  # noqa: S104 - agents on other hosts must reach it
+    port: int = Field(default=8443, ge=0, le=65535)
+    public_url: str | None = None
+    token_ttl_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60)
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/"):
+            raise ValueError("must be https://HOST[:PORT] (the enrollment listener itself)")
+        return value.strip().rstrip("/")
+
+
+def _address_list(value: str, what: str, *, networks: bool) -> str:
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    for item in items:
+        try:
+            if networks:
+                ipaddress.ip_network(item, strict=False)
+            else:
+                ipaddress.ip_address(item)
+        except ValueError:
+            raise ValueError(f"{item!r} is not {what}") from None
+    return ", ".join(items)
+
+
+class VpnSettings(_Section):
+    """What goes into client configs."""
+
+    wireguard_dns: str = "1.1.1.1, 1.0.0.1"
+    wireguard_allowed_ips: str = "0.0.0.0/0, ::/0"
+    wireguard_keepalive: int = Field(default=25, ge=0, le=3600)
+
+    @field_validator("wireguard_dns")
+    @classmethod
+    def _check_dns(cls, value: str) -> str:
+        return _address_list(value, "an IP address", networks=False)
+
+    @field_validator("wireguard_allowed_ips")
+    @classmethod
+    def _check_allowed(cls, value: str) -> str:
+        checked = _address_list(value, "an IP network such as 0.0.0.0/0", networks=True)
+        if not checked:
+            raise ValueError("at least one network is needed")
+        return checked
+
+    def split(self, value: str) -> list[str]:
+        return [item.strip() for item in value.split(",") if item.strip()]
+
+
+class HubSettings(_Section):
+    enabled: bool = True
+    poll_seconds: float = Field(default=1.0, ge=0.05, le=60.0)
+    resync_seconds: float = Field(default=30.0, ge=1.0, le=3600.0)
+    usage_seconds: float = Field(default=30.0, ge=0.1, le=3600.0)
+    metrics_seconds: float = Field(default=60.0, ge=0.1, le=3600.0)
+    rpc_timeout_seconds: float = Field(default=10.0, ge=0.5, le=300.0)
+    max_backoff_seconds: float = Field(default=30.0, ge=0.5, le=3600.0)
+    stats_retention_days: int = Field(default=30, ge=1, le=3650)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -198,6 +266,9 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     log: LogSettings = LogSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    enrollment: EnrollmentSettings = EnrollmentSettings()
+    hub: HubSettings = HubSettings()
+    vpn: VpnSettings = VpnSettings()
 
     @field_validator("default_currency")
     @classmethod

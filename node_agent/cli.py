@@ -54,6 +54,27 @@ def build_parser() -> argparse.ArgumentParser:
         "(env VPN_NODE_AGENT_LISTEN; default 0.0.0.0:50051)",
     )
 
+    enroll = commands.add_parser(
+        "enroll",
+        help="enroll with the controller using a token from `vpnbot node add`",
+        description=(
+            "Generate the agent key in the state directory (kept if it exists), send a CSR "
+            "with the token to the controller's enrollment URL (the token pins the cluster "
+            "CA) and store the signed certificate and the CA there. Then start the agent "
+            "with `vpn-node-agent run`."
+        ),
+    )
+    enroll.add_argument("--token", required=True, help="the token `vpnbot node add` printed")
+    enroll.add_argument(
+        "--state-dir",
+        type=Path,
+        required=True,
+        help="the agent's state directory (e.g. /var/lib/vpn-node-agent)",
+    )
+    enroll.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds per request (default 30)"
+    )
+
     csr = commands.add_parser(
         "csr",
         help="make the agent key and print a certificate signing request",
@@ -156,6 +177,17 @@ def _csr(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _enroll(args: argparse.Namespace) -> int:
+    from node_agent.enroll import enroll
+
+    if not 0 < args.timeout <= 600:
+        raise AgentError("--timeout must be between 0 and 600 seconds")
+    node_id = enroll(args.token, args.state_dir, timeout=args.timeout)
+    print(f"enrolled as node {node_id}; certificate in {args.state_dir}")
+    print(f"start the agent: vpn-node-agent run --state-dir {args.state_dir}")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -165,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "csr":
             return _csr(args)
+        if args.command == "enroll":
+            return _enroll(args)
         return asyncio.run(_serve(args))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

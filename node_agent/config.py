@@ -37,6 +37,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _check_addresses(value: list[str]) -> list[str]:
+    for text in value:
+        try:
+            iface = ipaddress.ip_interface(text)
+        except ValueError:
+            raise ValueError(
+                f"{text!r} is not an address with a prefix, e.g. 10.8.0.1/24"
+            ) from None
+        if "/" not in text or iface.ip == iface.network.network_address:
+            raise ValueError(
+                f"{text!r}: give the server's own address and prefix, e.g. 10.8.0.1/24"
+            )
+    return value
+
+
 class WireGuardConfig(_Strict):
     type: Literal["wireguard"]
     driver: Literal["uapi", "netlink"] = "uapi"
@@ -54,25 +69,18 @@ class WireGuardConfig(_Strict):
             raise ValueError("an interface name is 1..15 letters, digits, '_', '.' or '-'")
         return value
 
-    @field_validator("addresses")
-    @classmethod
-    def _addresses(cls, value: list[str]) -> list[str]:
-        for text in value:
-            try:
-                iface = ipaddress.ip_interface(text)
-            except ValueError:
-                raise ValueError(
-                    f"{text!r} is not an address with a prefix, e.g. 10.8.0.1/24"
-                ) from None
-            if "/" not in text or iface.ip == iface.network.network_address:
-                raise ValueError(
-                    f"{text!r}: give the server's own address and prefix, e.g. 10.8.0.1/24"
-                )
-        return value
+    _addresses = field_validator("addresses")(_check_addresses)
 
 
 class FakeConfig(_Strict):
+    """No VPN software: clients are kept in memory (for trying the agent, and for tests).
+    With ``addresses`` it reports itself as a WireGuard server of that subnet."""
+
     type: Literal["fake"]
+    addresses: list[str] = []
+    listen_port: int = Field(51820, ge=1, le=65535)
+
+    _addresses = field_validator("addresses")(_check_addresses)
 
 
 BackendConfig = Annotated[WireGuardConfig | FakeConfig, Field(discriminator="type")]

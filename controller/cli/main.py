@@ -18,6 +18,7 @@ from controller.bootstrap import SchemaOutOfDateError
 from controller.cli.common import confirm_destructive, run, settings_from
 from controller.cli.db import db_group
 from controller.cli.manage import admin_group, plan_group, user_group
+from controller.cli.nodes import config_group, node_group
 from controller.cli.pki import agent_group, pki_group
 from controller.db.engine import DatabaseUnavailableError
 from controller.db.migrate import DatabaseTooNewError, MigrationError
@@ -53,7 +54,8 @@ def cli() -> None:
 )
 @click.pass_context
 def run_command(ctx: click.Context, host: str | None, port: int | None) -> None:
-    """Run the controller: HTTP API (/healthz) and the scheduler in one process.
+    """Run the controller: HTTP API (/healthz), HTTPS enrollment listener, the hub that
+    drives node agents, and the scheduler, in one process.
 
     The database is migrated first (unless VPNBOT_DATABASE__AUTO_MIGRATE=false).
     Stop with Ctrl+C or SIGTERM.
@@ -115,6 +117,8 @@ cli.add_command(plan_group)
 cli.add_command(user_group)
 cli.add_command(pki_group)
 cli.add_command(agent_group)
+cli.add_command(node_group)
+cli.add_command(config_group)
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> int:

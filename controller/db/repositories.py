@@ -154,6 +154,33 @@ class SubscriptionRepository(_Repository):
         )
         return (await self.session.execute(stmt)).scalars().all()
 
+    async def latest_renewable(self, user_id: int) -> Subscription | None:
+        """The user's newest subscription that a grant may extend (not suspended)."""
+        stmt = (
+            sa.select(Subscription)
+            .where(
+                Subscription.user_id == user_id,
+                Subscription.status.in_([SubscriptionStatus.ACTIVE, SubscriptionStatus.EXPIRED]),
+            )
+            .order_by(Subscription.expires_at.desc(), Subscription.id.desc())
+            .limit(1)
+        )
+        return (await self.session.execute(stmt)).scalars().first()
+
+    async def current_active(self, user_id: int, now: datetime) -> Subscription | None:
+        """The user's active, unexpired subscription that ends last."""
+        stmt = (
+            sa.select(Subscription)
+            .where(
+                Subscription.user_id == user_id,
+                Subscription.status == SubscriptionStatus.ACTIVE,
+                Subscription.expires_at > now,
+            )
+            .order_by(Subscription.expires_at.desc(), Subscription.id.desc())
+            .limit(1)
+        )
+        return (await self.session.execute(stmt)).scalars().first()
+
     async def expire_due(self, now: datetime) -> list[int]:
         """Mark every active subscription whose time is up as expired, in one statement."""
         stmt = (

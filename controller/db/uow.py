@@ -15,13 +15,15 @@ hub uses this to wake up for nodes whose desired revision the transaction bumped
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Self
 
+import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from controller.db.node_repositories import ConfigRepository, NodeRepository, UsageRepository
 from controller.db.repositories import (
     ActivityRepository,
     AppSettingsRepository,
@@ -36,6 +38,39 @@ log = structlog.get_logger(__name__)
 
 AfterCommit = Callable[[], Awaitable[None] | None]
 
+# PostgreSQL NOTIFY channel on which committed desired-revision bumps are announced to every
+# controller process (the payload is a comma-separated list of server ids).
+NODES_CHANNEL = "vpnbot_nodes"
+_NOTIFY_PAYLOAD_MAX = 7000  # NOTIFY payloads must stay under 8000 bytes
+
+
+def _notify_payloads(server_ids: list[int]) -> list[str]:
+    payloads: list[str] = []
+    current: list[str] = []
+    for server_id in server_ids:
+        if current and len(",".join(current)) > _NOTIFY_PAYLOAD_MAX:
+            payloads.append(",".join(current))
+            current = []
+        current.append(str(server_id))
+    if current:
+        payloads.append(",".join(current))
+    return payloads
+
+
+class NodeEvents:
+    """In-process announcements of nodes whose desired state changed (the hub listens)."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[list[int]], None]] = []
+
+    def subscribe(self, listener: Callable[[list[int]], None]) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def publish(self, server_ids: list[int]) -> None:
+        for listener in list(self._listeners):
+            listener(server_ids)
+
 
 class UnitOfWork:
     session: AsyncSession
@@ -46,9 +81,17 @@ class UnitOfWork:
     audit: AuditRepository
     activity: ActivityRepository
     app_settings: AppSettingsRepository
+    nodes: NodeRepository
+    configs: ConfigRepository
+    usage: UsageRepository
 
-    def __init__(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self,
+        session_factory: async_sessionmaker[AsyncSession],
+        events: NodeEvents | None = None,
+    ) -> None:
         self._session_factory = session_factory
+        self._events = events
         self._after_commit: list[AfterCommit] = []
 
     async def __aenter__(self) -> Self:
@@ -61,6 +104,9 @@ class UnitOfWork:
         self.audit = AuditRepository(self.session)
         self.activity = ActivityRepository(self.session)
         self.app_settings = AppSettingsRepository(self.session)
+        self.nodes = NodeRepository(self.session)
+        self.configs = ConfigRepository(self.session)
+        self.usage = UsageRepository(self.session)
         return self
 
     async def __aexit__(
@@ -80,6 +126,30 @@ class UnitOfWork:
     @property
     def dialect(self) -> str:
         return self.session.get_bind().dialect.name
+
+    async def touch_nodes(self, server_ids: Iterable[int]) -> list[int]:
+        """Bump the desired revision of these nodes in this transaction and wake the hub
+        once it commits: in this process directly, in others by PostgreSQL NOTIFY (which is
+        transactional, so a rolled-back change wakes nobody)."""
+        bumped = await self.nodes.bump(sorted(set(server_ids)))
+        if not bumped:
+            return bumped
+        if self.dialect == "postgresql":
+            for payload in _notify_payloads(bumped):
+                await self.session.execute(sa.select(sa.func.pg_notify(NODES_CHANNEL, payload)))
+        events = self._events
+        if events is not None:
+            self.after_commit(lambda: events.publish(bumped))
+        return bumped
+
+    async def touch_subscriptions(self, subscription_ids: Iterable[int]) -> list[int]:
+        """Bump every node that carries a config of these subscriptions."""
+        return await self.touch_nodes(
+            await self.nodes.servers_of_subscriptions(sorted(set(subscription_ids)))
+        )
+
+    async def touch_user(self, user_id: int) -> list[int]:
+        return await self.touch_nodes(await self.nodes.servers_of_user(user_id))
 
     def after_commit(self, callback: AfterCommit) -> None:
         self._after_commit.append(callback)
@@ -103,5 +173,7 @@ class UnitOfWork:
 UnitOfWorkFactory = Callable[[], UnitOfWork]
 
 
-def make_uow_factory(session_factory: async_sessionmaker[AsyncSession]) -> UnitOfWorkFactory:
-    return lambda: UnitOfWork(session_factory)
+def make_uow_factory(
+    session_factory: async_sessionmaker[AsyncSession], events: NodeEvents | None = None
+) -> UnitOfWorkFactory:
+    return lambda: UnitOfWork(session_factory, events)

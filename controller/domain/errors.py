@@ -11,19 +11,24 @@ code to a Russian or English text.
     │   ├── UserNotFound
     │   ├── PlanNotFound
     │   ├── SubscriptionNotFound
-    │   └── PromoCodeNotFound
+    │   ├── PromoCodeNotFound
+    │   ├── NodeNotFound
+    │   └── ConfigNotFound
     ├── InvalidInput                a value breaks a business rule (bad price, days, percent...)
     ├── Conflict                    the request clashes with the current state
     │   ├── AlreadyExists
     │   ├── InvalidStateTransition  e.g. resuming a subscription that is not suspended
     │   └── PromoCodeAlreadyUsed
     ├── Forbidden                   the actor may not do this
-    │   └── UserBanned
+    │   ├── UserBanned
+    │   └── EnrollmentRefused       an expired, used or unknown enrollment token
     ├── LimitReached                a quota is exhausted
     │   └── PromoCodeExhausted
     └── Unavailable                 the thing exists but cannot be used now
         ├── PlanInactive
-        └── PromoCodeInactive       disabled, not yet valid, expired, or for another plan
+        ├── PromoCodeInactive       disabled, not yet valid, expired, or for another plan
+        ├── NoActiveSubscription    access needs an active subscription
+        └── NoServerAvailable       no node can take a config of that protocol now
 
 Infrastructure failures (database down, disk full) are not domain errors and are left to
 propagate.
@@ -60,6 +65,14 @@ class PromoCodeNotFound(NotFound):
     code = "promo_not_found"
 
 
+class NodeNotFound(NotFound):
+    code = "node_not_found"
+
+
+class ConfigNotFound(NotFound):
+    code = "config_not_found"
+
+
 class InvalidInput(DomainError):
     code = "invalid_input"
 
@@ -88,6 +101,10 @@ class UserBanned(Forbidden):
     code = "user_banned"
 
 
+class EnrollmentRefused(Forbidden):
+    code = "enrollment_refused"
+
+
 class LimitReached(DomainError):
     code = "limit_reached"
 
@@ -106,3 +123,11 @@ class PlanInactive(Unavailable):
 
 class PromoCodeInactive(Unavailable):
     code = "promo_inactive"
+
+
+class NoActiveSubscription(Unavailable):
+    code = "no_active_subscription"
+
+
+class NoServerAvailable(Unavailable):
+    code = "no_server_available"

@@ -10,6 +10,7 @@ EC P-256 keys, SHA-256 signatures. The CA signs two kinds of leaf certificates:
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -126,6 +127,7 @@ class CertificateAuthority:
         *,
         common_name: str,
         dns_names: Sequence[str],
+        ip_addresses: Sequence[str] = (),
         server: bool,
         client: bool,
         valid_days: int = LEAF_VALID_DAYS,
@@ -165,7 +167,13 @@ class CertificateAuthority:
                 critical=True,
             )
             .add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False
+                x509.SubjectAlternativeName(
+                    [
+                        *(x509.DNSName(n) for n in dns_names),
+                        *(x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses),
+                    ]
+                ),
+                critical=False,
             )
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),

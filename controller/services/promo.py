@@ -132,6 +132,7 @@ class PromoService(Service):
                 )
             else:
                 extend_locked(subscription, promo.value, now)
+                await uow.touch_subscriptions([subscription.id])
             try:
                 # Unique per (code, user): a simultaneous second redemption by the same user
                 # fails here, on the flush, or at commit.

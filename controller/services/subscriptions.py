@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from controller.db.models import Subscription, SubscriptionPlan
+from controller.db.models.users import new_referral_code
 from controller.db.uow import UnitOfWork
 from controller.domain import rules
 from controller.domain.enums import SubscriptionStatus, SuspendReason
@@ -73,6 +74,7 @@ class SubscriptionService(Service):
             now = self._now()
             extend_locked(subscription, days, now)
             await _keep_ban(uow, subscription, now)
+            await uow.touch_subscriptions([subscription.id])
             if actor is not None:
                 await audit.record(
                     uow,
@@ -85,6 +87,84 @@ class SubscriptionService(Service):
             await uow.commit()
             return subscription
 
+    async def grant(
+        self,
+        actor: Actor,
+        telegram_id: int,
+        *,
+        plan_id: int | None = None,
+        days: int | None = None,
+        devices: int | None = None,
+    ) -> Subscription:
+        """Give access without payment (audited). A Telegram id not seen before gets a user
+        record. The user's current subscription (active or expired) is extended — with a
+        plan, renewed on that plan's terms — otherwise a new one starts."""
+        if (plan_id is None) == (days is None):
+            raise InvalidInput("give either a plan or a number of days")
+        if days is not None:
+            rules.validate_days(days)
+        if devices is not None:
+            rules.validate_device_limit(devices)
+        rules.validate_telegram_id(telegram_id)
+        now = self._now()
+        async with self._uow() as uow:
+            await uow.users.insert_if_absent(
+                {
+                    "telegram_id": telegram_id,
+                    "language_code": rules.DEFAULT_LANGUAGE,
+                    "referral_code": new_referral_code(),
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+            user = await uow.users.get_by_telegram_id(telegram_id)
+            if user is None:  # deleted in between
+                raise UserNotFound(f"no user with Telegram id {telegram_id}")
+            current = await uow.subscriptions.latest_renewable(user.id)
+            if current is not None:
+                subscription = await _require(uow, current.id)
+                if plan_id is not None:
+                    plan = await _require_plan(uow, plan_id, allow_inactive=True)
+                    _renew_locked(subscription, plan, now)
+                else:
+                    assert days is not None
+                    extend_locked(subscription, days, now)
+                if devices is not None:
+                    subscription.device_limit = devices
+                await _keep_ban(uow, subscription, now)
+            elif plan_id is not None:
+                subscription = await start_from_plan(
+                    uow, user.id, plan_id, now=now, allow_inactive_plan=True
+                )
+                if devices is not None:
+                    subscription.device_limit = devices
+            else:
+                assert days is not None
+                if user.is_banned:
+                    raise UserBanned("this user is banned")
+                subscription = await uow.subscriptions.add(
+                    Subscription(
+                        user_id=user.id,
+                        status=SubscriptionStatus.ACTIVE,
+                        started_at=now,
+                        expires_at=now + timedelta(days=days),
+                        traffic_used_bytes=0,
+                        device_limit=devices or 1,
+                        active_protocol=user.preferred_protocol,
+                    )
+                )
+            await uow.touch_subscriptions([subscription.id])
+            await audit.record(
+                uow,
+                actor,
+                "subscription.grant",
+                target_type="subscription",
+                target_id=subscription.id,
+                details={"telegram_id": telegram_id, "plan_id": plan_id, "days": days},
+            )
+            await uow.commit()
+            return subscription
+
     async def renew_from_plan(self, subscription_id: int, plan_id: int) -> Subscription:
         """A paid renewal: add the plan's days, take its limits and start a fresh traffic
         period (lifting a traffic-limit suspension)."""
@@ -92,14 +172,9 @@ class SubscriptionService(Service):
             subscription = await _require(uow, subscription_id)
             plan = await _require_plan(uow, plan_id, allow_inactive=False)
             now = self._now()
-            extend_locked(subscription, plan.duration_days, now)
-            subscription.plan_id = plan.id
-            subscription.device_limit = plan.device_limit
-            subscription.traffic_limit_bytes = rules.traffic_limit_bytes(plan.traffic_limit_gb)
-            subscription.traffic_used_bytes = 0
-            if subscription.suspend_reason is SuspendReason.TRAFFIC_LIMIT:
-                _lift_suspension(subscription, now)
+            _renew_locked(subscription, plan, now)
             await _keep_ban(uow, subscription, now)
+            await uow.touch_subscriptions([subscription.id])
             await uow.commit()
             return subscription
 
@@ -116,6 +191,7 @@ class SubscriptionService(Service):
             subscription.status = SubscriptionStatus.SUSPENDED
             subscription.suspend_reason = reason
             subscription.suspended_at = now
+            await uow.touch_subscriptions([subscription.id])
             await audit.record(
                 uow,
                 actor,
@@ -144,6 +220,7 @@ class SubscriptionService(Service):
                     "the traffic limit is used up; renew or raise the limit first"
                 )
             _lift_suspension(subscription, self._now())
+            await uow.touch_subscriptions([subscription.id])
             await audit.record(
                 uow,
                 actor,
@@ -159,6 +236,7 @@ class SubscriptionService(Service):
         """The expiry sweep: one set-based UPDATE; returns the ids that expired."""
         async with self._uow() as uow:
             expired = await uow.subscriptions.expire_due(self._now())
+            await uow.touch_subscriptions(expired)
             await uow.commit()
             return expired
 
@@ -176,6 +254,8 @@ class SubscriptionService(Service):
                 suspended = await uow.subscriptions.suspend_if_active(
                     subscription_id, SuspendReason.TRAFFIC_LIMIT, self._now()
                 )
+                if suspended:
+                    await uow.touch_subscriptions([subscription_id])
             await uow.commit()
             return TrafficResult(
                 subscription_id, state.used_bytes, state.limit_bytes, reached, suspended
@@ -237,6 +317,17 @@ async def start_from_plan(
             active_protocol=user.preferred_protocol,
         )
     )
+
+
+def _renew_locked(subscription: Subscription, plan: SubscriptionPlan, now: datetime) -> None:
+    """A renewal on ``plan``: its days, its limits, a fresh traffic period."""
+    extend_locked(subscription, plan.duration_days, now)
+    subscription.plan_id = plan.id
+    subscription.device_limit = plan.device_limit
+    subscription.traffic_limit_bytes = rules.traffic_limit_bytes(plan.traffic_limit_gb)
+    subscription.traffic_used_bytes = 0
+    if subscription.suspend_reason is SuspendReason.TRAFFIC_LIMIT:
+        _lift_suspension(subscription, now)
 
 
 def extend_locked(subscription: Subscription, days: int, now: datetime) -> None:

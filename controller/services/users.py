@@ -144,6 +144,7 @@ class UserService(Service):
                 .returning(Subscription.id)
             )
             suspended = sorted(result.scalars().all())
+            await uow.touch_user(user.id)
             await audit.record(
                 uow,
                 actor,
@@ -191,6 +192,7 @@ class UserService(Service):
                 .where(banned)
                 .values(status=SubscriptionStatus.EXPIRED, **lifted)
             )
+            await uow.touch_user(user.id)
             await audit.record(uow, actor, "user.unban", target_type="user", target_id=user.id)
             await uow.commit()
             return user

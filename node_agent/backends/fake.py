@@ -27,8 +27,11 @@ from node_agent.model import Client, WireGuardPeer, validate_client_ids
 class FakeBackend:
     kind = "fake"
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, params: PublicParams = None) -> None:
         self.name = name
+        # What it reports in agent info: a fake standing in for a WireGuard server reports
+        # WireGuard parameters, so a controller places WireGuard configs on it.
+        self.params = params
         self.clients: dict[str, Client] = {}
         self.counters: dict[str, list[int]] = {}
         self.online: set[str] = set()
@@ -92,7 +95,7 @@ class FakeBackend:
         return BackendStatus(Health.OK, "", len(self.clients), len(self.online & set(self.clients)))
 
     def public_params(self) -> PublicParams:
-        return None
+        return self.params
 
     async def close(self) -> None:
         self.started = False

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from pathlib import Path
 
-from node_agent.backends.base import VpnBackend
+from node_agent.backends.base import PublicParams, VpnBackend, WireGuardPublicParams
 from node_agent.backends.fake import FakeBackend
 from node_agent.config import AgentConfig, FakeConfig, WireGuardConfig
 
@@ -13,10 +15,22 @@ def build_backends(config: AgentConfig) -> dict[str, VpnBackend]:
     backends: dict[str, VpnBackend] = {}
     for name, spec in config.backends.items():
         if isinstance(spec, FakeConfig):
-            backends[name] = FakeBackend(name)
+            backends[name] = FakeBackend(name, _fake_params(name, spec))
         elif isinstance(spec, WireGuardConfig):
             backends[name] = _wireguard(name, spec, config.state_dir)
     return backends
+
+
+def _fake_params(name: str, spec: FakeConfig) -> PublicParams:
+    if not spec.addresses:
+        return None
+    digest = hashlib.sha256(f"vpnbot-fake:{name}".encode()).digest()
+    return WireGuardPublicParams(
+        public_key=base64.b64encode(digest).decode(),
+        listen_port=spec.listen_port,
+        addresses=tuple(spec.addresses),
+        interface=name,
+    )
 
 
 def _wireguard(name: str, spec: WireGuardConfig, state_dir: Path) -> VpnBackend:

@@ -25,6 +25,8 @@ def _free_port() -> int:
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VPNBOT_")}
+    # Every run gets its own enrollment port: tests may run beside a developer's controller.
+    env["VPNBOT_ENROLLMENT__PORT"] = str(_free_port())
     env.update(extra)
     return env
 

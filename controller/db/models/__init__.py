@@ -10,7 +10,7 @@ from controller.db.models.billing import (
     SubscriptionPlan,
     VpnConfig,
 )
-from controller.db.models.nodes import AddressAllocation, Server, ServerStats
+from controller.db.models.nodes import AddressAllocation, Server, ServerStats, UsageCounter
 from controller.db.models.support import SupportMessage, SupportTicket
 from controller.db.models.users import Referral, User, UserActivity
 
@@ -29,6 +29,7 @@ __all__ = [
     "SubscriptionPlan",
     "SupportMessage",
     "SupportTicket",
+    "UsageCounter",
     "User",
     "UserActivity",
     "VpnConfig",

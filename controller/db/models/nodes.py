@@ -134,3 +134,24 @@ class AddressAllocation(Base):
     vpn_config_id: Mapped[int] = mapped_column(fk("vpn_configs.id", "CASCADE"), unique=True)
     address: Mapped[str] = mapped_column(sa.String(45))
     allocated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class UsageCounter(Base):
+    """The last cumulative totals the controller counted for one client of one node.
+
+    Agents report cumulative totals (never read-and-reset), so the traffic to add is the
+    difference from these baselines: reading the same ledger entry twice adds nothing. A new
+    ``ledger_id`` means the node's ledger was recreated and its totals restarted from zero.
+    """
+
+    __tablename__ = "usage_counters"
+    __table_args__ = (sa.UniqueConstraint("server_id", "backend", "client_id"),)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    server_id: Mapped[int] = mapped_column(fk("servers.id", "CASCADE"))
+    backend: Mapped[str] = mapped_column(sa.String(64))
+    client_id: Mapped[str] = mapped_column(sa.String(255))
+    ledger_id: Mapped[str] = mapped_column(sa.String(64))
+    rx_total: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    tx_total: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -1,0 +1,346 @@
+"""The hub's reads and writes: what a node should have, and what it reported.
+
+Each method is one short transaction; nothing here talks to an agent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from controller.crypto import SecretBox
+from controller.db.models import ServerStats, UsageCounter
+from controller.db.uow import UnitOfWorkFactory
+from controller.domain import rules
+from controller.domain.enums import NodeStatus, SubscriptionStatus, SuspendReason, VpnProtocol
+from controller.nodes.desired import ConfigRow, NodeState, build_state
+from controller.services.base import Clock
+from controller.services.configs import open_secret
+from proto.nodeapi.v1 import node_agent_pb2 as pb
+
+log = structlog.get_logger(__name__)
+
+PARAMS_COLUMN = {
+    VpnProtocol.WIREGUARD: "wireguard_config",
+    VpnProtocol.OPENVPN: "openvpn_config",
+    VpnProtocol.VLESS: "vless_config",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class NodeTarget:
+    server_id: int
+    name: str
+    node_id: str
+    target: str  # host:port the agent serves gRPC on
+    desired_revision: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    revision: int
+    state: NodeState | None  # None: the node has not reported its backends yet
+    known_boot_id: str | None
+    applied_revision: int
+
+
+def backends_of(server_params: dict[VpnProtocol, dict[str, Any] | None]) -> dict[VpnProtocol, str]:
+    return {
+        protocol: str(params["backend"])
+        for protocol, params in server_params.items()
+        if params and params.get("backend")
+    }
+
+
+def params_from_info(info: pb.AgentInfo) -> dict[VpnProtocol, dict[str, Any] | None]:
+    """The public parameters per protocol from agent info (the first backend of each)."""
+    found: dict[VpnProtocol, dict[str, Any] | None] = dict.fromkeys(PARAMS_COLUMN)
+    for backend in info.backends:
+        which = backend.WhichOneof("params")
+        if which == "wireguard" and found[VpnProtocol.WIREGUARD] is None:
+            wg = backend.wireguard
+            found[VpnProtocol.WIREGUARD] = {
+                "backend": backend.name,
+                "public_key": wg.public_key,
+                "listen_port": wg.listen_port,
+                "addresses": list(wg.addresses),
+                "interface": wg.interface,
+            }
+        elif which == "openvpn" and found[VpnProtocol.OPENVPN] is None:
+            ovpn = backend.openvpn
+            found[VpnProtocol.OPENVPN] = {
+                "backend": backend.name,
+                "port": ovpn.port,
+                "transport": ovpn.transport,
+                "ca_certificate_pem": ovpn.ca_certificate_pem,
+            }
+        elif which == "reality" and found[VpnProtocol.VLESS] is None:
+            reality = backend.reality
+            found[VpnProtocol.VLESS] = {
+                "backend": backend.name,
+                "port": reality.port,
+                "public_key": reality.public_key,
+                "short_ids": list(reality.short_ids),
+                "server_names": list(reality.server_names),
+                "flow": reality.flow,
+                "fingerprint": reality.fingerprint,
+            }
+    return found
+
+
+def health_of(
+    backends: Sequence[pb.BackendInfo] | Sequence[pb.BackendApplyResult],
+) -> tuple[NodeStatus, str | None]:
+    problems = [
+        f"{b.name}: {b.status.reason or pb.BackendHealth.Name(b.status.health)}"
+        for b in backends
+        if b.status.health not in (pb.BACKEND_HEALTH_OK, pb.BACKEND_HEALTH_UNSPECIFIED)
+    ]
+    if problems:
+        return NodeStatus.DEGRADED, "; ".join(problems)[:500]
+    return NodeStatus.ONLINE, None
+
+
+class HubStore:
+    def __init__(self, uow_factory: UnitOfWorkFactory, box: SecretBox, clock: Clock) -> None:
+        self._uow = uow_factory
+        self._box = box
+        self._now = clock
+
+    async def targets(self) -> list[NodeTarget]:
+        async with self._uow() as uow:
+            servers = await uow.nodes.list_all(enrolled_only=True)
+            return [
+                NodeTarget(
+                    s.id,
+                    s.name,
+                    s.node_uid,
+                    _target(s.ip_address, s.grpc_port),
+                    s.desired_revision,
+                )
+                for s in servers
+                if s.is_active
+            ]
+
+    async def revisions(self) -> dict[int, tuple[int, int]]:
+        async with self._uow() as uow:
+            return {r.server_id: (r.desired, r.applied) for r in await uow.nodes.revisions()}
+
+    async def desired(self, server_id: int) -> Desired | None:
+        """The node's desired revision and full state. The revision is read first: rows
+        committed after it can only make the state newer than its label, never older."""
+        async with self._uow() as uow:
+            revision = await uow.nodes.desired_revision(server_id)
+            server = await uow.nodes.get(server_id)
+            if revision is None or server is None:
+                return None
+            backends = backends_of(
+                {p: getattr(server, column) for p, column in PARAMS_COLUMN.items()}
+            )
+            rows = await uow.configs.node_rows(server_id)
+            if not backends:
+                return Desired(revision, None, server.agent_boot_id, server.applied_revision)
+            configs = []
+            for row in rows:
+                protocol = VpnProtocol(row.protocol)
+                secret: dict[str, str | None] = {}
+                if protocol is VpnProtocol.WIREGUARD and row.secret_encrypted is not None:
+                    secret = open_secret(self._box, row.id, row.secret_encrypted)
+                data = row.config_data or {}
+                configs.append(
+                    ConfigRow(
+                        config_id=row.id,
+                        protocol=protocol,
+                        client_id=row.client_id,
+                        config_active=row.is_active,
+                        status=SubscriptionStatus(row.status),
+                        expires_at=row.expires_at,
+                        banned=row.is_banned,
+                        address=data.get("address"),
+                        preshared_key=secret.get("preshared_key"),
+                        extra=data,
+                    )
+                )
+            state = build_state(backends, configs, self._now())
+            return Desired(revision, state, server.agent_boot_id, server.applied_revision)
+
+    async def raise_revision(self, server_id: int, above: int) -> int:
+        """A new desired revision greater than ``above`` (the agent's) for a state the hub
+        found changed without a bump, or a node ahead of a restored database."""
+        async with self._uow() as uow:
+            revision = await uow.nodes.raise_desired_revision(server_id, above + 1)
+            await uow.commit()
+            return revision
+
+    async def record_info(self, server_id: int, info: pb.AgentInfo) -> None:
+        status, reason = health_of(info.backends)
+        params = params_from_info(info)
+        values: dict[str, Any] = {
+            "agent_boot_id": info.boot_id,
+            "agent_version": info.agent_version[:32],
+            "status": status,
+            "status_reason": reason,
+            "last_seen_at": self._now(),
+            "last_check": self._now(),
+        }
+        for protocol, column in PARAMS_COLUMN.items():
+            values[column] = params[protocol]
+        async with self._uow() as uow:
+            await uow.nodes.update_fields(server_id, **values)
+            await uow.commit()
+
+    async def record_applied(self, server_id: int, result: pb.ApplyResult) -> None:
+        status, reason = health_of(result.backends)
+        async with self._uow() as uow:
+            await uow.nodes.update_fields(
+                server_id,
+                applied_revision=result.applied_revision,
+                agent_boot_id=result.boot_id,
+                status=status,
+                status_reason=reason,
+                last_seen_at=self._now(),
+            )
+            await uow.commit()
+
+    async def record_down(self, server_id: int, reason: str) -> None:
+        async with self._uow() as uow:
+            await uow.nodes.update_fields(
+                server_id,
+                status=NodeStatus.DOWN,
+                status_reason=reason[:500],
+                last_check=self._now(),
+            )
+            await uow.commit()
+
+    async def record_metrics(self, server_id: int, metrics: pb.HostMetrics) -> None:
+        memory = _percent(metrics.memory_used_bytes, metrics.memory_total_bytes)
+        disk = _percent(metrics.disk_used_bytes, metrics.disk_total_bytes)
+        async with self._uow() as uow:
+            await uow.nodes.add_stats(
+                ServerStats(
+                    server_id=server_id,
+                    cpu_usage=metrics.cpu_percent,
+                    memory_usage=memory,
+                    disk_usage=disk,
+                    active_connections=metrics.clients_online,
+                    total_traffic_bytes=metrics.network_rx_bytes + metrics.network_tx_bytes,
+                    network_rx_bytes=metrics.network_rx_bytes,
+                    network_tx_bytes=metrics.network_tx_bytes,
+                    load_avg_1m=metrics.load_1,
+                    uptime_seconds=metrics.uptime_seconds,
+                    recorded_at=self._now(),
+                )
+            )
+            await uow.nodes.update_fields(
+                server_id,
+                cpu_usage=metrics.cpu_percent,
+                memory_usage=memory,
+                disk_usage=disk,
+                current_users=metrics.clients_online,
+                last_check=self._now(),
+            )
+            await uow.commit()
+
+    async def prune_stats(self, retention_days: int) -> int:
+        async with self._uow() as uow:
+            deleted = await uow.nodes.delete_stats_before(
+                self._now() - dt.timedelta(days=retention_days)
+            )
+            await uow.commit()
+            return deleted
+
+    async def account_usage(
+        self, server_id: int, ledger_id: str, entries: Sequence[pb.UsageEntry]
+    ) -> list[int]:
+        """Count a page of the node's usage ledger, in one transaction.
+
+        Entries carry cumulative totals; what is added is the growth over the stored
+        baseline, so a page read twice (its acknowledgement lost) adds nothing the second
+        time. Subscriptions that reach their traffic limit are suspended (and their nodes
+        bumped) in the same transaction. Returns the ids suspended.
+        """
+        if not entries:
+            return []
+        now = self._now()
+        # The newest entry per client wins (entries carry totals).
+        latest: dict[tuple[str, str], pb.UsageEntry] = {}
+        for entry in entries:
+            latest[(entry.backend, entry.client_id)] = entry
+        suspended: list[int] = []
+        async with self._uow() as uow:
+            server = await uow.nodes.get(server_id)
+            if server is None:
+                return []
+            protocol_of = {
+                name: protocol
+                for protocol, name in backends_of(
+                    {p: getattr(server, c) for p, c in PARAMS_COLUMN.items()}
+                ).items()
+            }
+            baselines = await uow.usage.baselines(server_id, list(latest))
+            growth: dict[tuple[str, str], int] = {}
+            for key, entry in latest.items():
+                counter = baselines.get(key)
+                if counter is None:
+                    counter = UsageCounter(
+                        server_id=server_id,
+                        backend=key[0],
+                        client_id=key[1],
+                        ledger_id=ledger_id,
+                        rx_total=0,
+                        tx_total=0,
+                    )
+                    uow.usage.add(counter)
+                elif counter.ledger_id != ledger_id:  # a new ledger starts from zero
+                    counter.ledger_id, counter.rx_total, counter.tx_total = ledger_id, 0, 0
+                added = max(0, entry.rx_bytes - counter.rx_total) + max(
+                    0, entry.tx_bytes - counter.tx_total
+                )
+                counter.rx_total = max(counter.rx_total, entry.rx_bytes)
+                counter.tx_total = max(counter.tx_total, entry.tx_bytes)
+                counter.updated_at = now
+                if added:
+                    growth[key] = added
+            by_subscription: dict[int, int] = {}
+            for backend in {key[0] for key in growth}:
+                protocol = protocol_of.get(backend)
+                if protocol is None:
+                    continue
+                clients = [key[1] for key in growth if key[0] == backend]
+                for client_id, (config_id, subscription_id) in (
+                    await uow.configs.by_client(server_id, protocol, clients)
+                ).items():
+                    amount = growth[(backend, client_id)]
+                    await uow.configs.add_traffic(config_id, amount, now)
+                    by_subscription[subscription_id] = (
+                        by_subscription.get(subscription_id, 0) + amount
+                    )
+            for subscription_id, amount in sorted(by_subscription.items()):
+                state = await uow.subscriptions.add_traffic(subscription_id, amount)
+                if (
+                    state is not None
+                    and state.status is SubscriptionStatus.ACTIVE
+                    and rules.traffic_limit_reached(state.used_bytes, state.limit_bytes)
+                    and await uow.subscriptions.suspend_if_active(
+                        subscription_id, SuspendReason.TRAFFIC_LIMIT, now
+                    )
+                ):
+                    suspended.append(subscription_id)
+            if suspended:
+                await uow.touch_subscriptions(suspended)
+            await uow.commit()
+        if suspended:
+            log.info("traffic_limit_reached", subscriptions=suspended, node=server_id)
+        return suspended
+
+
+def _percent(used: int, total: int) -> float:
+    return round(100.0 * used / total, 2) if total else 0.0
+
+
+def _target(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,304 @@
+"""Client configs: placing a device on a node, rendering it, re-issuing and deleting it.
+
+Every change bumps the node's desired revision in the same transaction, so the hub pushes
+it to the agent right after the commit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from controller.crypto import SecretBox
+from controller.db.models import Server, Subscription, User, VpnConfig
+from controller.db.uow import UnitOfWork, UnitOfWorkFactory
+from controller.domain import placement
+from controller.domain.enums import VpnProtocol
+from controller.domain.errors import (
+    ConfigNotFound,
+    InvalidInput,
+    LimitReached,
+    NoActiveSubscription,
+    NoServerAvailable,
+    Unavailable,
+    UserBanned,
+    UserNotFound,
+)
+from controller.services.base import Clock, Service
+from controller.settings import VpnSettings
+from controller.vpn import wireguard
+
+MAX_DEVICE_NAME = 64
+
+
+def secret_context(config_id: int) -> bytes:
+    return f"vpn_config:{config_id}".encode()
+
+
+def served_protocols(server: Server) -> frozenset[VpnProtocol]:
+    """Protocols the node both supports (admin's choice) and has reported a backend for."""
+    reported = {
+        VpnProtocol.WIREGUARD: server.wireguard_config,
+        VpnProtocol.OPENVPN: server.openvpn_config,
+        VpnProtocol.VLESS: server.vless_config,
+    }
+    return frozenset(
+        p for p, params in reported.items() if params and p.value in server.supported_protocols
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedConfig:
+    config_id: int
+    protocol: VpnProtocol
+    server_name: str
+    device_name: str
+    filename: str
+    text: str
+
+
+class ConfigService(Service):
+    def __init__(
+        self, uow_factory: UnitOfWorkFactory, clock: Clock, box: SecretBox, vpn: VpnSettings
+    ) -> None:
+        super().__init__(uow_factory, clock)
+        self._box = box
+        self._vpn = vpn
+
+    async def provision(
+        self,
+        telegram_id: int,
+        protocol: VpnProtocol | None = None,
+        *,
+        device_name: str | None = None,
+    ) -> VpnConfig:
+        """Place a new device of the user's active subscription on a node."""
+        if device_name is not None and not 1 <= len(device_name.strip()) <= MAX_DEVICE_NAME:
+            raise InvalidInput(f"a device name is 1-{MAX_DEVICE_NAME} characters")
+        async with self._uow() as uow:
+            user, subscription = await self._active(uow, telegram_id)
+            config = await self._place(uow, user, subscription, protocol, device_name)
+            await uow.commit()
+            return config
+
+    async def export(self, telegram_id: int, protocol: VpnProtocol | None = None) -> RenderedConfig:
+        """The user's config of ``protocol`` (any, if None), provisioned on demand."""
+        async with self._uow() as uow:
+            user, subscription = await self._active(uow, telegram_id)
+            existing = [
+                c
+                for c in await uow.configs.list_for_subscription(subscription.id)
+                if c.is_active and (protocol is None or c.protocol is protocol)
+            ]
+            if existing:
+                config = existing[0]
+            else:
+                config = await self._place(uow, user, subscription, protocol, None)
+                await uow.commit()
+        return await self.render(config.id)
+
+    async def render(self, config_id: int) -> RenderedConfig:
+        async with self._uow() as uow:
+            config = await uow.configs.get(config_id)
+            if config is None:
+                raise ConfigNotFound(f"no config with id {config_id}")
+            server = await uow.nodes.get(config.server_id)
+            assert server is not None
+            if config.protocol is not VpnProtocol.WIREGUARD:
+                raise Unavailable(f"{config.protocol.value} configs cannot be exported yet")
+            text = self._render_wireguard(config, server)
+            name = config.device_name or f"wg-{config.id}"
+            return RenderedConfig(
+                config.id,
+                config.protocol,
+                server.name,
+                name,
+                f"{_safe_filename(server.name)}-{config.id}.conf",
+                text,
+            )
+
+    async def list_for_user(self, telegram_id: int) -> Sequence[VpnConfig]:
+        async with self._uow() as uow:
+            user = await uow.users.get_by_telegram_id(telegram_id)
+            if user is None:
+                raise UserNotFound(f"no user with Telegram id {telegram_id}")
+            configs: list[VpnConfig] = []
+            for subscription in await uow.subscriptions.list_for_user(user.id):
+                configs.extend(await uow.configs.list_for_subscription(subscription.id))
+            return configs
+
+    async def reissue(self, config_id: int, *, owner_user_id: int | None = None) -> VpnConfig:
+        """New keys for a device (the old ones stop working once the node converges)."""
+        async with self._uow() as uow:
+            config = await self._owned(uow, config_id, owner_user_id)
+            if config.protocol is not VpnProtocol.WIREGUARD:
+                raise Unavailable(f"{config.protocol.value} configs cannot be re-issued yet")
+            keys = wireguard.generate_keypair()
+            config.client_id = keys.public_key
+            config.secret_encrypted = self._seal(
+                config.id, keys.private_key, wireguard.generate_preshared_key()
+            )
+            config.config_data = {**config.config_data, "public_key": keys.public_key}
+            await uow.touch_nodes([config.server_id])
+            await uow.commit()
+            return config
+
+    async def delete(self, config_id: int, *, owner_user_id: int | None = None) -> None:
+        async with self._uow() as uow:
+            config = await self._owned(uow, config_id, owner_user_id)
+            server_id = config.server_id
+            await uow.configs.delete(config)
+            await uow.touch_nodes([server_id])
+            await uow.commit()
+
+    # -- internals ---------------------------------------------------------------------
+
+    async def _active(self, uow: UnitOfWork, telegram_id: int) -> tuple[User, Subscription]:
+        user = await uow.users.get_by_telegram_id(telegram_id)
+        if user is None:
+            raise UserNotFound(f"no user with Telegram id {telegram_id}")
+        if user.is_banned:
+            raise UserBanned("this user is banned")
+        found = await uow.subscriptions.current_active(user.id, self._now())
+        if found is None:
+            raise NoActiveSubscription(
+                f"user {telegram_id} has no active subscription (grant one first)"
+            )
+        # Locked: two devices added at once cannot both slip under the device limit.
+        subscription = await uow.subscriptions.get(found.id, for_update=True)
+        if subscription is None:
+            raise NoActiveSubscription(f"user {telegram_id} has no active subscription")
+        return user, subscription
+
+    async def _owned(self, uow: UnitOfWork, config_id: int, owner_user_id: int | None) -> VpnConfig:
+        config = await uow.configs.get(config_id, for_update=True)
+        if config is None:
+            raise ConfigNotFound(f"no config with id {config_id}")
+        if owner_user_id is not None:
+            subscription = await uow.subscriptions.get(config.subscription_id)
+            if subscription is None or subscription.user_id != owner_user_id:
+                raise ConfigNotFound(f"no config with id {config_id}")
+        return config
+
+    async def _place(
+        self,
+        uow: UnitOfWork,
+        user: User,
+        subscription: Subscription,
+        protocol: VpnProtocol | None,
+        device_name: str | None,
+    ) -> VpnConfig:
+        existing = await uow.configs.list_for_subscription(subscription.id)
+        if len(existing) >= subscription.device_limit:
+            raise LimitReached(
+                f"the subscription allows {subscription.device_limit} device(s); delete one first"
+            )
+        servers = list(await uow.nodes.list_all(enrolled_only=True))
+        counts = await uow.configs.counts_by_server()
+        candidates = [
+            placement.NodeCandidate(
+                server_id=s.id,
+                status=s.status,
+                is_active=s.is_active,
+                is_maintenance=s.is_maintenance,
+                protocols=served_protocols(s),
+                country_code=s.country_code,
+                configs=counts.get(s.id, 0),
+                max_users=s.max_users,
+            )
+            for s in servers
+        ]
+        order = placement.protocol_candidates(
+            explicit=protocol,
+            preferred=user.preferred_protocol,
+            auto_select=user.auto_select_protocol,
+            dpi_user=placement.is_dpi_user(user.language_code, user.country_code),
+        )
+        for candidate in order:
+            if candidate is not VpnProtocol.WIREGUARD:
+                continue  # OpenVPN and VLESS provisioning arrive with their backends
+            server_id = placement.choose_node(
+                candidates, candidate, preferred_server_id=user.preferred_server_id
+            )
+            if server_id is not None:
+                server = next(s for s in servers if s.id == server_id)
+                name = (device_name or "").strip() or f"{candidate.value}-{len(existing) + 1}"
+                config = await self._new_wireguard(uow, subscription, server, name)
+                if subscription.server_id is None:
+                    subscription.server_id = server.id
+                subscription.active_protocol = candidate
+                await uow.touch_nodes([server.id])
+                return config
+        wanted = protocol.value if protocol is not None else "any protocol"
+        raise NoServerAvailable(f"no healthy node with free capacity serves {wanted} now")
+
+    async def _new_wireguard(
+        self, uow: UnitOfWork, subscription: Subscription, server: Server, name: str
+    ) -> VpnConfig:
+        params = server.wireguard_config or {}
+        addresses = params.get("addresses") or []
+        if not addresses:
+            raise NoServerAvailable(f"node {server.name} reported no WireGuard subnet")
+        keys = wireguard.generate_keypair()
+        psk = wireguard.generate_preshared_key()
+        config = await uow.configs.add(
+            VpnConfig(
+                subscription_id=subscription.id,
+                server_id=server.id,
+                protocol=VpnProtocol.WIREGUARD,
+                client_id=keys.public_key,
+                device_name=name[:MAX_DEVICE_NAME],
+                config_data={"public_key": keys.public_key},
+            )
+        )
+        taken = await uow.configs.allocated_addresses(server.id)
+        for address in wireguard.free_address(addresses[0], taken):
+            if await uow.configs.allocate(server.id, config.id, address):
+                break
+        else:
+            raise NoServerAvailable(f"node {server.name}'s WireGuard subnet is full")
+        config.config_data = {"public_key": keys.public_key, "address": address}
+        config.secret_encrypted = self._seal(config.id, keys.private_key, psk)
+        return config
+
+    def _seal(self, config_id: int, private_key: str, psk: str | None = None) -> bytes:
+        return self._box.encrypt(
+            json.dumps({"private_key": private_key, "preshared_key": psk}).encode(),
+            secret_context(config_id),
+        )
+
+    def open_secret(self, config: VpnConfig) -> dict[str, str | None]:
+        return open_secret(self._box, config.id, config.secret_encrypted)
+
+    def _render_wireguard(self, config: VpnConfig, server: Server) -> str:
+        params = server.wireguard_config or {}
+        secret = self.open_secret(config)
+        address = str(config.config_data.get("address", ""))
+        if not address or not params.get("public_key") or not secret.get("private_key"):
+            raise Unavailable("this config is incomplete (node parameters unknown)")
+        return wireguard.render(
+            wireguard.ClientConfig(
+                private_key=str(secret["private_key"]),
+                address=address + ("/128" if ":" in address else "/32"),
+                dns=self._vpn.split(self._vpn.wireguard_dns),
+                server_public_key=str(params["public_key"]),
+                preshared_key=str(secret.get("preshared_key") or ""),
+                endpoint=wireguard.endpoint(
+                    server.domain or server.ip_address, int(params.get("listen_port", 51820))
+                ),
+                allowed_ips=self._vpn.split(self._vpn.wireguard_allowed_ips),
+                persistent_keepalive=self._vpn.wireguard_keepalive,
+            )
+        )
+
+
+def open_secret(box: SecretBox, config_id: int, blob: bytes | None) -> dict[str, str | None]:
+    if blob is None:
+        return {}
+    value = json.loads(box.decrypt(blob, secret_context(config_id)))
+    return value if isinstance(value, dict) else {}
+
+
+def _safe_filename(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40] or "vpn"

@@ -1,0 +1,1 @@
+"""Controller-side rendering of client configs per protocol (and their QR codes)."""
