@@ -173,6 +173,9 @@ class Hub:
             yield
             return
         async with self._engine.connect() as connection:
+            # Autocommit: this connection lives as long as the hub; it must never sit idle
+            # inside a transaction. Advisory locks are session-level either way.
+            connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
             raw: Any = (await connection.get_raw_connection()).driver_connection
 
             def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
@@ -348,6 +351,13 @@ class NodeWorker:
             try:
                 result = await client.apply_state(revision, to_proto(state))
             except NodeRpcError as exc:
+                if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
+                    # The agent judged the state invalid and kept its previous one: a bug or
+                    # a backend mismatch to fix by hand. Report it; retry at the next resync.
+                    self._log.error("state_refused", reason=exc.details)
+                    self.sent_state = None
+                    await self.store.record_refused(self.target.server_id, exc.details)
+                    return
                 if exc.code != grpc.StatusCode.FAILED_PRECONDITION:
                     raise
                 # The agent holds a newer revision than ours: relabel and send again.

@@ -216,6 +216,16 @@ class HubStore:
             )
             await uow.commit()
 
+    async def record_refused(self, server_id: int, reason: str) -> None:
+        async with self._uow() as uow:
+            await uow.nodes.update_fields(
+                server_id,
+                status=NodeStatus.DEGRADED,
+                status_reason=f"the agent refused the desired state: {reason}"[:500],
+                last_check=self._now(),
+            )
+            await uow.commit()
+
     async def record_metrics(self, server_id: int, metrics: pb.HostMetrics) -> None:
         memory = _percent(metrics.memory_used_bytes, metrics.memory_total_bytes)
         disk = _percent(metrics.disk_used_bytes, metrics.disk_total_bytes)
