@@ -20,7 +20,6 @@ from collections.abc import Iterable, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -189,8 +188,9 @@ class EnrollmentSettings(_Section):
     def _check_public_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        parts = urlsplit(value.strip())
-        if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/"):
+        from proto.nodeapi.v1.enrollment import is_host_url
+
+        if not is_host_url(value.strip()):
             raise ValueError("must be https://HOST[:PORT] (the enrollment listener itself)")
         return value.strip().rstrip("/")
 

@@ -332,9 +332,14 @@ class NodeWorker:
         if self.sent_state is not None and state == self.sent_state and revision <= agent_revision:
             self.converged.set()
             return
-        if revision <= agent_revision:
+        if (
+            revision < agent_revision
+            or revision == 0
+            or (self.sent_state is not None and revision == agent_revision)
+        ):
             # Changed without a bump (an expiry by time), or the agent is ahead of this
-            # database (restored from a backup): label the state with a newer revision.
+            # database (restored from a backup): label the state with a newer revision. (An
+            # agent whose contents are unknown gets the full state under its own revision.)
             revision = await self.store.raise_revision(self.target.server_id, agent_revision)
         result = None
         if self.sent_state is not None:

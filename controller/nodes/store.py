@@ -194,16 +194,15 @@ class HubStore:
             await uow.commit()
 
     async def record_applied(self, server_id: int, result: pb.ApplyResult) -> None:
-        status, reason = health_of(result.backends)
+        values: dict[str, Any] = {
+            "applied_revision": result.applied_revision,
+            "agent_boot_id": result.boot_id,
+            "last_seen_at": self._now(),
+        }
+        if result.backends:  # a delta reports only the backends it touched
+            values["status"], values["status_reason"] = health_of(result.backends)
         async with self._uow() as uow:
-            await uow.nodes.update_fields(
-                server_id,
-                applied_revision=result.applied_revision,
-                agent_boot_id=result.boot_id,
-                status=status,
-                status_reason=reason,
-                last_seen_at=self._now(),
-            )
+            await uow.nodes.update_fields(server_id, **values)
             await uow.commit()
 
     async def record_down(self, server_id: int, reason: str) -> None:

@@ -34,6 +34,20 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _SECRET = re.compile(r"^[A-Za-z0-9_-]{43}$")
 
 
+_HOST_URL = re.compile(r"^https://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?/?$")
+
+
+def is_host_url(url: str) -> bool:
+    """``https://HOST[:PORT]`` and nothing else (no credentials, path, query or fragment)."""
+    if not _HOST_URL.fullmatch(url):
+        return False
+    try:
+        port = urlsplit(url).port
+    except ValueError:
+        return False
+    return port is None or 1 <= port <= 65535
+
+
 class TokenError(ValueError):
     """Not an enrollment token (mistyped, truncated, or from something else)."""
 
@@ -71,9 +85,8 @@ class EnrollmentToken:
         return token
 
     def validate(self) -> None:
-        parts = urlsplit(self.url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise TokenError(f"the enrollment URL {self.url!r} is not an https:// URL")
+        if not is_host_url(self.url):
+            raise TokenError(f"the enrollment URL {self.url!r} is not https://HOST[:PORT]")
         if not is_valid_node_id(self.node_id):
             raise TokenError("the enrollment token names an invalid node id")
         if not _HEX64.fullmatch(self.ca_fingerprint):
