@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -277,13 +278,30 @@ def config_group() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write a QR code (PNG).",
 )
+@click.option(
+    "--config",
+    "config_id",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Export this config of theirs (see `vpnbot config list`) instead.",
+)
 @click.pass_context
 def config_export(
-    ctx: click.Context, telegram_id: int, protocol: str | None, out: Path, qr_path: Path | None
+    ctx: click.Context,
+    telegram_id: int,
+    protocol: str | None,
+    out: Path,
+    qr_path: Path | None,
+    config_id: int | None,
 ) -> None:
-    """Export TELEGRAM_ID's config, placing one on a node first if they have none."""
+    """Export TELEGRAM_ID's config of the protocol, placing one on a node first if they
+    have none (as the bot does when a client picks a protocol)."""
+    if config_id is not None and protocol is not None:
+        raise click.UsageError("give --config or --protocol, not both")
 
     async def action(c: Container) -> RenderedConfig:
+        if config_id is not None:
+            return await c.services.configs.render_for(telegram_id, config_id)
         return await c.services.configs.export(
             telegram_id, VpnProtocol(protocol) if protocol else None
         )
@@ -305,8 +323,63 @@ def config_export(
 
 def _write_private(path: Path, data: bytes) -> None:
     """Config files hold private keys: owner-only from the first byte."""
-    import os
-
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode otherwise
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
+
+
+@config_group.command("list")
+@click.argument("telegram_id", type=TELEGRAM_ID)
+@click.pass_context
+def config_list(ctx: click.Context, telegram_id: int) -> None:
+    """List TELEGRAM_ID's configs (devices)."""
+
+    async def action(c: Container) -> list[tuple[object, ...]]:
+        configs = await c.services.configs.list_for_user(telegram_id)
+        return [
+            (
+                cfg.id,
+                cfg.subscription_id,
+                cfg.protocol.value,
+                cfg.server.name,
+                cfg.device_name or "-",
+                cfg.config_data.get("address", "-"),
+                cfg.total_traffic_bytes,
+                _ago(cfg.last_used),
+            )
+            for cfg in configs
+        ]
+
+    rows = with_container(ctx, action)
+    if not rows:
+        click.echo(f"user {telegram_id} has no configs")
+        return
+    headers = ("ID", "SUBSCRIPTION", "PROTOCOL", "NODE", "DEVICE", "ADDRESS", "BYTES", "USED")
+    click.echo(table(headers, rows))
+
+
+@config_group.command("reissue")
+@click.argument("config_id", type=click.IntRange(min=1))
+@click.pass_context
+def config_reissue(ctx: click.Context, config_id: int) -> None:
+    """New keys for config CONFIG_ID; the old file stops working (export it again)."""
+
+    async def action(c: Container) -> int:
+        return (await c.services.configs.reissue(config_id)).id
+
+    with_container(ctx, action)
+    click.echo(f"config {config_id} has new keys; export it again for the client")
+
+
+@config_group.command("delete")
+@click.argument("config_id", type=click.IntRange(min=1))
+@click.pass_context
+def config_delete(ctx: click.Context, config_id: int) -> None:
+    """Delete config CONFIG_ID (the device loses access once its node converges)."""
+
+    async def action(c: Container) -> None:
+        await c.services.configs.delete(config_id)
+
+    with_container(ctx, action)
+    click.echo(f"config {config_id} deleted")

@@ -98,6 +98,15 @@ class ConfigService(Service):
                 await uow.commit()
         return await self.render(config.id)
 
+    async def render_for(self, telegram_id: int, config_id: int) -> RenderedConfig:
+        """Render one of the user's own configs (another user's is "not found")."""
+        async with self._uow() as uow:
+            user = await uow.users.get_by_telegram_id(telegram_id)
+            if user is None:
+                raise UserNotFound(f"no user with Telegram id {telegram_id}")
+            await self._owned(uow, config_id, user.id)
+        return await self.render(config_id)
+
     async def render(self, config_id: int) -> RenderedConfig:
         async with self._uow() as uow:
             config = await uow.configs.get(config_id)
