@@ -122,6 +122,11 @@ async def _enrollment_listener(container: Container) -> None:
     )
     try:
         await server.serve()
+    except asyncio.CancelledError:
+        # Stopped by the main server: close the socket, let open requests finish.
+        server.should_exit = True
+        await server.shutdown()
+        raise
     except SystemExit:
         raise OSError(
             f"could not listen for enrollment on {settings.enrollment.host}:"

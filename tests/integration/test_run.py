@@ -164,5 +164,7 @@ def test_ctrl_c_at_any_moment_is_quiet(tmp_path: Path) -> None:
         time.sleep(delay)
         process.send_signal(signal.SIGINT)
         out, _ = process.communicate(timeout=60)
+        if b"Fatal Python error: init_import_site" in out:
+            continue  # a loaded machine: the signal hit the interpreter before any of our code
         assert process.returncode in (0, 130), (delay, process.returncode, out)
         assert b"Traceback" not in out, (delay, out)
