@@ -96,13 +96,15 @@ class Hub:
             while True:
                 try:
                     async with self._coordination():
-                        await self._supervise()
+                        try:
+                            await self._supervise()
+                        finally:
+                            # Workers stop while the lock connection is still ours.
+                            await self._stop_workers()
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     log.exception("hub_failed")
-                finally:
-                    await self._stop_workers()
                 await asyncio.sleep(self.settings.max_backoff_seconds / 4)
         finally:
             if unsubscribe is not None:
@@ -190,6 +192,10 @@ class Hub:
                 self._lock_connection = None
                 with contextlib.suppress(Exception):
                     await raw.remove_listener(NODES_CHANNEL, on_notify)
+                # Never hand a connection holding session-level advisory locks back to the
+                # pool: closing it releases every lock this hub still held.
+                with contextlib.suppress(Exception):
+                    await connection.invalidate()
 
     @contextlib.asynccontextmanager
     async def ownership(self, server_id: int) -> AsyncIterator[None]:
@@ -261,6 +267,8 @@ class NodeWorker:
                 reason = _reason(exc)
                 if self.online or self.syncs == 0:
                     self._log.warning("node_unreachable", reason=reason)
+                if self.online:  # it was serving: retry soon, as after a plain restart
+                    backoff = 0.5
                 self.online = False
                 self.converged.clear()
                 with contextlib.suppress(Exception):
@@ -268,8 +276,6 @@ class NodeWorker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.settings.max_backoff_seconds)
                 self.event.set()
-            else:
-                backoff = 0.5
 
     async def _session(self) -> None:
         async with NodeClient(
