@@ -23,6 +23,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from controller.db.engine import READ_ONLY
 from controller.db.node_repositories import ConfigRepository, NodeRepository, UsageRepository
 from controller.db.repositories import (
     ActivityRepository,
@@ -92,10 +93,19 @@ class UnitOfWork:
     ) -> None:
         self._session_factory = session_factory
         self._events = events
+        self._read_only = False
         self._after_commit: list[AfterCommit] = []
+
+    def read_only(self) -> Self:
+        """Use as ``async with uow_factory().read_only() as uow`` for a transaction that only
+        reads (on SQLite it then takes no write lock)."""
+        self._read_only = True
+        return self
 
     async def __aenter__(self) -> Self:
         self.session = self._session_factory()
+        if self._read_only:
+            await self.session.connection(execution_options={READ_ONLY: True})
         self._after_commit = []
         self.users = UserRepository(self.session)
         self.plans = PlanRepository(self.session)

@@ -242,6 +242,7 @@ class NodeWorker:
         self.boot_id: str | None = None
         self.agent_revision: int | None = None
         self.sent_state: NodeState | None = None
+        self.desired_seen = -1
         self.online = False
         self.syncs = 0
         self.full_applies = 0
@@ -253,7 +254,10 @@ class NodeWorker:
         self.event.set()
 
     def behind(self, desired_revision: int) -> bool:
-        return self.agent_revision is None or desired_revision > self.agent_revision
+        """A revision this worker has not built yet (one being applied does not count)."""
+        if self.agent_revision is None:
+            return True
+        return desired_revision > max(self.agent_revision, self.desired_seen)
 
     async def run(self) -> None:
         backoff = 0.5
@@ -334,6 +338,7 @@ class NodeWorker:
         if desired is None or desired.state is None:
             return
         revision, state = desired.revision, desired.state
+        self.desired_seen = max(self.desired_seen, revision)
         agent_revision = self.agent_revision or 0
         if self.sent_state is not None and state == self.sent_state and revision <= agent_revision:
             self.converged.set()

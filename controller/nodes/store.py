@@ -31,6 +31,9 @@ PARAMS_COLUMN = {
 }
 
 
+_PSK_CACHE_MAX = 500_000
+
+
 @dataclass(frozen=True, slots=True)
 class NodeTarget:
     server_id: int
@@ -110,9 +113,10 @@ class HubStore:
         self._uow = uow_factory
         self._box = box
         self._now = clock
+        self._psk_cache: dict[int, tuple[bytes, str | None]] = {}
 
     async def targets(self) -> list[NodeTarget]:
-        async with self._uow() as uow:
+        async with self._uow().read_only() as uow:
             servers = await uow.nodes.list_all(enrolled_only=True)
             return [
                 NodeTarget(
@@ -127,13 +131,13 @@ class HubStore:
             ]
 
     async def revisions(self) -> dict[int, tuple[int, int]]:
-        async with self._uow() as uow:
+        async with self._uow().read_only() as uow:
             return {r.server_id: (r.desired, r.applied) for r in await uow.nodes.revisions()}
 
     async def desired(self, server_id: int) -> Desired | None:
         """The node's desired revision and full state. The revision is read first: rows
         committed after it can only make the state newer than its label, never older."""
-        async with self._uow() as uow:
+        async with self._uow().read_only() as uow:
             revision = await uow.nodes.desired_revision(server_id)
             server = await uow.nodes.get(server_id)
             if revision is None or server is None:
@@ -147,9 +151,9 @@ class HubStore:
             configs = []
             for row in rows:
                 protocol = VpnProtocol(row.protocol)
-                secret: dict[str, str | None] = {}
+                psk = None
                 if protocol is VpnProtocol.WIREGUARD and row.secret_encrypted is not None:
-                    secret = open_secret(self._box, row.id, row.secret_encrypted)
+                    psk = self._preshared_key(row.id, row.secret_encrypted)
                 data = row.config_data or {}
                 configs.append(
                     ConfigRow(
@@ -161,12 +165,23 @@ class HubStore:
                         expires_at=row.expires_at,
                         banned=row.is_banned,
                         address=data.get("address"),
-                        preshared_key=secret.get("preshared_key"),
+                        preshared_key=psk,
                         extra=data,
                     )
                 )
             state = build_state(backends, configs, self._now())
             return Desired(revision, state, server.agent_boot_id, server.applied_revision)
+
+    def _preshared_key(self, config_id: int, blob: bytes) -> str | None:
+        """Decrypt a config's PSK once per sealed value (every sync rebuilds the state)."""
+        cached = self._psk_cache.get(config_id)
+        if cached is not None and cached[0] == blob:
+            return cached[1]
+        if len(self._psk_cache) > _PSK_CACHE_MAX:
+            self._psk_cache.clear()
+        psk = open_secret(self._box, config_id, blob).get("preshared_key")
+        self._psk_cache[config_id] = (blob, psk)
+        return psk
 
     async def raise_revision(self, server_id: int, above: int) -> int:
         """A new desired revision greater than ``above`` (the agent's) for a state the hub
