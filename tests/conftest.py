@@ -158,8 +158,20 @@ def services(uow_factory: UnitOfWorkFactory, clock: FakeClock) -> Services:
 
 @pytest.fixture
 def pg_only(backend: str) -> None:
-    if backend != "postgresql":
-        pytest.skip("PostgreSQL-only test")
+    """Marks a test as PostgreSQL-only: its SQLite variant is deselected (not skipped)."""
+    assert backend == "postgresql"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    kept, dropped = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_sqlite = callspec is not None and callspec.params.get("migrated_engine") == "sqlite"
+        is_pg_only = "pg_only" in getattr(item, "fixturenames", ())
+        (dropped if on_sqlite and is_pg_only else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.fixture
