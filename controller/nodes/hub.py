@@ -166,6 +166,7 @@ class Hub:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.store.drain()
 
     # -- PostgreSQL: LISTEN/NOTIFY and advisory locks --------------------------------------
 

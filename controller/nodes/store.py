@@ -5,10 +5,11 @@ Each method is one short transaction; nothing here talks to an agent.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import structlog
 
@@ -23,6 +24,9 @@ from controller.services.configs import open_secret
 from proto.nodeapi.v1 import node_agent_pb2 as pb
 
 log = structlog.get_logger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 PARAMS_COLUMN = {
     VpnProtocol.WIREGUARD: "wireguard_config",
@@ -108,13 +112,41 @@ def health_of(
     return NodeStatus.ONLINE, None
 
 
+def _shielded(
+    method: Callable[Concatenate[HubStore, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[HubStore, P], Coroutine[Any, Any, T]]:
+    """Run the transaction as its own task that a cancelled caller cannot cut short.
+
+    The hub cancels node workers (node removed, hub stopping) at any await. A transaction
+    interrupted inside the database driver can leave its connection holding SQLite's write
+    lock, locking out every other writer of the controller; shielded, it always ends in a
+    commit or a rollback. :meth:`HubStore.drain` waits for the ones still running.
+    """
+
+    async def wrapper(self: HubStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        task = asyncio.ensure_future(method(self, *args, **kwargs))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return await asyncio.shield(task)
+
+    wrapper.__name__, wrapper.__doc__ = method.__name__, method.__doc__
+    return wrapper
+
+
 class HubStore:
     def __init__(self, uow_factory: UnitOfWorkFactory, box: SecretBox, clock: Clock) -> None:
         self._uow = uow_factory
         self._box = box
         self._now = clock
         self._psk_cache: dict[int, tuple[bytes, str | None]] = {}
+        self._pending: set[asyncio.Future[Any]] = set()
 
+    async def drain(self) -> None:
+        """Wait for transactions whose callers were cancelled."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    @_shielded
     async def targets(self) -> list[NodeTarget]:
         async with self._uow().read_only() as uow:
             servers = await uow.nodes.list_all(enrolled_only=True)
@@ -130,10 +162,12 @@ class HubStore:
                 if s.is_active
             ]
 
+    @_shielded
     async def revisions(self) -> dict[int, tuple[int, int]]:
         async with self._uow().read_only() as uow:
             return {r.server_id: (r.desired, r.applied) for r in await uow.nodes.revisions()}
 
+    @_shielded
     async def desired(self, server_id: int) -> Desired | None:
         """The node's desired revision and full state. The revision is read first: rows
         committed after it can only make the state newer than its label, never older."""
@@ -183,6 +217,7 @@ class HubStore:
         self._psk_cache[config_id] = (blob, psk)
         return psk
 
+    @_shielded
     async def raise_revision(self, server_id: int, above: int) -> int:
         """A new desired revision greater than ``above`` (the agent's) for a state the hub
         found changed without a bump, or a node ahead of a restored database."""
@@ -191,6 +226,7 @@ class HubStore:
             await uow.commit()
             return revision
 
+    @_shielded
     async def record_info(self, server_id: int, info: pb.AgentInfo) -> None:
         status, reason = health_of(info.backends)
         params = params_from_info(info)
@@ -208,6 +244,7 @@ class HubStore:
             await uow.nodes.update_fields(server_id, **values)
             await uow.commit()
 
+    @_shielded
     async def record_applied(self, server_id: int, result: pb.ApplyResult) -> None:
         values: dict[str, Any] = {
             "applied_revision": result.applied_revision,
@@ -220,6 +257,7 @@ class HubStore:
             await uow.nodes.update_fields(server_id, **values)
             await uow.commit()
 
+    @_shielded
     async def record_down(self, server_id: int, reason: str) -> None:
         async with self._uow() as uow:
             await uow.nodes.update_fields(
@@ -230,6 +268,7 @@ class HubStore:
             )
             await uow.commit()
 
+    @_shielded
     async def record_refused(self, server_id: int, reason: str) -> None:
         async with self._uow() as uow:
             await uow.nodes.update_fields(
@@ -240,6 +279,7 @@ class HubStore:
             )
             await uow.commit()
 
+    @_shielded
     async def record_metrics(self, server_id: int, metrics: pb.HostMetrics) -> None:
         memory = _percent(metrics.memory_used_bytes, metrics.memory_total_bytes)
         disk = _percent(metrics.disk_used_bytes, metrics.disk_total_bytes)
@@ -269,6 +309,7 @@ class HubStore:
             )
             await uow.commit()
 
+    @_shielded
     async def prune_stats(self, retention_days: int) -> int:
         async with self._uow() as uow:
             deleted = await uow.nodes.delete_stats_before(
@@ -277,6 +318,7 @@ class HubStore:
             await uow.commit()
             return deleted
 
+    @_shielded
     async def account_usage(
         self, server_id: int, ledger_id: str, entries: Sequence[pb.UsageEntry]
     ) -> list[int]:
