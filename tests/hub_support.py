@@ -31,6 +31,7 @@ from controller.settings import HubSettings
 from node_agent.backends.base import WireGuardPublicParams
 from node_agent.backends.fake import FakeBackend
 from node_agent.tls import create_key_and_csr
+from proto.nodeapi.v1 import node_agent_pb2 as pb
 from proto.nodeapi.v1.enrollment import EnrollmentToken
 from tests.agent_support import RunningAgent, running_agent
 from tests.conftest import FakeClock
@@ -215,3 +216,24 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wireguard_info(
+    subnet: str, public_key: str = "q" * 43 + "=", *, boot_id: str = "boot-1"
+) -> pb.AgentInfo:
+    """Agent info of a node with one healthy WireGuard backend: what the hub records when
+    it first reaches the agent (and what makes the node serve WireGuard)."""
+    return pb.AgentInfo(
+        agent_version="test",
+        boot_id=boot_id,
+        backends=[
+            pb.BackendInfo(
+                name="wg",
+                kind=pb.BACKEND_KIND_WIREGUARD,
+                status=pb.BackendStatus(health=pb.BACKEND_HEALTH_OK),
+                wireguard=pb.WireGuardParams(
+                    public_key=public_key, listen_port=51820, addresses=[subnet], interface="wg0"
+                ),
+            )
+        ],
+    )

@@ -16,7 +16,7 @@ from controller.bootstrap import open_container
 from controller.db.base import utcnow
 from controller.nodes.store import HubStore
 from controller.settings import load_settings
-from proto.nodeapi.v1 import node_agent_pb2 as pb
+from tests.hub_support import wireguard_info
 from tests.integration.test_cli import Cli
 
 SERVER_KEY = base64.b64encode(b"s" * 32).decode()
@@ -33,21 +33,7 @@ def _node_reports_wireguard(name: str, subnet: str = "10.9.0.1/24") -> None:
     async def record() -> None:
         async with open_container(load_settings()) as container:
             server = await container.services.nodes.get(name)
-            info = pb.AgentInfo(
-                node_id=server.node_uid,
-                agent_version="test",
-                boot_id="b1",
-                backends=[
-                    pb.BackendInfo(
-                        name="wg",
-                        kind=pb.BACKEND_KIND_WIREGUARD,
-                        status=pb.BackendStatus(health=pb.BACKEND_HEALTH_OK),
-                        wireguard=pb.WireGuardParams(
-                            public_key=SERVER_KEY, listen_port=51820, addresses=[subnet]
-                        ),
-                    )
-                ],
-            )
+            info = wireguard_info(subnet, SERVER_KEY)
             store = HubStore(container.uow_factory, container.secrets, utcnow)
             async with container.uow_factory() as uow:
                 await uow.nodes.update_fields(server.id, enrolled_at=utcnow())

@@ -28,7 +28,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from controller.api.app import create_app
 from controller.bootstrap import Container, open_container
-from controller.cli.main import main as vpnbot_main
 from controller.crypto import SecretBox
 from controller.db.base import utcnow
 from controller.db.engine import create_session_factory
@@ -52,11 +51,12 @@ from node_agent import cli as agent_cli
 from node_agent.enroll import EnrollmentError, enroll
 from node_agent.tls import CA_FILE, CERT_FILE, KEY_FILE, create_key_and_csr, load_credentials
 from node_agent.tls import node_id_of as cert_node_id
-from proto.nodeapi.v1 import node_agent_pb2 as pb
 from proto.nodeapi.v1.enrollment import EnrollmentToken, hash_secret, pem_fingerprint
 from proto.nodeapi.v1.identity import node_dns_name
 from tests.conftest import FakeClock, create_pg_database, drop_pg_database
+from tests.hub_support import wireguard_info
 from tests.integration.factories import ADMIN
+from tests.integration.test_cli import Cli
 
 PUBLIC_URL = "https://controller.example:8443"
 SERVER_WG_KEY = "q" * 43 + "="
@@ -730,31 +730,6 @@ def test_agent_cli_rejects_a_garbage_token_in_one_line(
 # --- `vpnbot node ...` -------------------------------------------------------------------
 
 
-class Cli:
-    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
-        self._capsys = capsys
-
-    def __call__(self, *args: str) -> tuple[int, str, str]:
-        self._capsys.readouterr()
-        code = vpnbot_main(list(args))
-        out, err = self._capsys.readouterr()
-        return code, out, err
-
-    def ok(self, *args: str) -> str:
-        code, out, err = self(*args)
-        assert code == 0, (args, out, err)
-        return out
-
-    def fails(self, *args: str, code: int = 1) -> str:
-        got, out, err = self(*args)
-        assert got == code, (args, got, out, err)
-        lines = err.strip().splitlines()
-        assert len(lines) == 1, err
-        assert lines[0].startswith("vpnbot: error: "), err
-        assert "Traceback" not in err + out
-        return lines[0]
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def cli(
     request: pytest.FixtureRequest,
@@ -793,30 +768,10 @@ def _enroll_and_report(token_text: str, state_dir: Path, subnet: str = "10.8.0.1
             async with container.uow_factory() as uow:
                 server = next(s for s in await uow.nodes.list_all() if s.node_uid == token.node_id)
             store = HubStore(container.uow_factory, container.secrets, utcnow)
-            await store.record_info(server.id, _info(subnet))
+            await store.record_info(server.id, wireguard_info(subnet, SERVER_WG_KEY))
 
     state_dir.mkdir(parents=True, exist_ok=True)
     asyncio.run(run())
-
-
-def _info(subnet: str) -> pb.AgentInfo:
-    return pb.AgentInfo(
-        agent_version="test",
-        boot_id="boot-1",
-        backends=[
-            pb.BackendInfo(
-                name="wg",
-                kind=pb.BACKEND_KIND_WIREGUARD,
-                status=pb.BackendStatus(health=pb.BACKEND_HEALTH_OK),
-                wireguard=pb.WireGuardParams(
-                    public_key=SERVER_WG_KEY,
-                    listen_port=51820,
-                    addresses=[subnet],
-                    interface="wg0",
-                ),
-            )
-        ],
-    )
 
 
 def _one_row(listing: str, name: str) -> list[str]:
