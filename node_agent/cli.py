@@ -184,7 +184,10 @@ def _enroll(args: argparse.Namespace) -> int:
         raise AgentError("--timeout must be between 0 and 600 seconds")
     node_id = enroll(args.token, args.state_dir, timeout=args.timeout)
     print(f"enrolled as node {node_id}; certificate in {args.state_dir}")
-    print(f"start the agent: vpn-node-agent run --state-dir {args.state_dir}")
+    print(
+        "start the agent with a config file naming this state_dir and its VPN backends "
+        "([backends.NAME] tables, see the README): vpn-node-agent run --config agent.toml"
+    )
     return EXIT_OK
 
 

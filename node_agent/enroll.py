@@ -6,9 +6,10 @@ certificate.
    SHA-256 equals the fingerprint the token pins (the pattern of kubeadm's
    discovery-token-ca-cert-hash): a man in the middle cannot substitute another CA.
 2. Over HTTPS verified against that CA (and the URL's host name), the agent sends the token's
-   secret and a CSR for its own key, generated here and never sent anywhere.
-3. The certificate it gets back must chain to the pinned CA, carry the agent's public key and
-   name the token's node; only then are ``agent.pem`` and ``ca.pem`` written.
+   secret and a CSR for a new key of its own, generated here and never sent anywhere.
+3. The certificate it gets back must chain to the pinned CA, carry the agent's new public
+   key and name the token's node; only then are ``agent.key``, ``agent.pem`` and ``ca.pem``
+   written (every enrollment makes a new key).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from node_agent.errors import ConfigError
 from node_agent.files import write_atomic
-from node_agent.tls import CA_FILE, CERT_FILE, KEY_FILE, create_key_and_csr, node_id_of
+from node_agent.tls import CA_FILE, CERT_FILE, KEY_FILE, key_pem, make_csr, new_key, node_id_of
 from proto.nodeapi.v1.enrollment import (
     CA_PATH,
     ENROLL_PATH,
@@ -78,15 +80,27 @@ def fetch_pinned_ca(token: EnrollmentToken, timeout: float) -> bytes:
     if status != 200:
         raise EnrollmentError(f"the controller answered {status} for its CA certificate")
     try:
-        found = pem_fingerprint(body)
+        certificates = x509.load_pem_x509_certificates(body)
     except ValueError:
         raise EnrollmentError("the controller sent no CA certificate") from None
-    if found != token.ca_fingerprint:
+    # Exactly one certificate, and only it is used from here on: anything appended to the
+    # unverified answer would otherwise become trusted without being pinned.
+    if len(certificates) != 1:
+        raise EnrollmentError("the controller's CA answer must hold exactly one certificate")
+    ca = certificates[0]
+    pem = ca.public_bytes(serialization.Encoding.PEM)
+    if pem_fingerprint(pem) != token.ca_fingerprint:
         raise EnrollmentError(
             "the CA certificate at the enrollment URL does not match the token's fingerprint: "
             "not the controller that issued this token (or someone in between)"
         )
-    return body
+    try:
+        is_ca = ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise EnrollmentError("the pinned certificate is not a CA certificate")
+    return pem
 
 
 def enroll(token_text: str, state_dir: Path, *, timeout: float = 30.0) -> str:
@@ -97,7 +111,10 @@ def enroll(token_text: str, state_dir: Path, *, timeout: float = 30.0) -> str:
         raise EnrollmentError(str(exc)) from None
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     ca_pem = fetch_pinned_ca(token, timeout)
-    csr = create_key_and_csr(state_dir, token.node_id)
+    # A fresh key for every enrollment (re-enrolling after a leak must not keep the leaked
+    # key); it replaces the old one only together with the certificate issued for it.
+    key = new_key()
+    csr = make_csr(key, token.node_id)
     verified = ssl.create_default_context(cadata=ca_pem.decode())
     body = json.dumps({"token": token.secret, "csr": csr.decode()}).encode()
     status, answer = _request(token.url, "POST", ENROLL_PATH, verified, timeout, body)
@@ -114,20 +131,22 @@ def enroll(token_text: str, state_dir: Path, *, timeout: float = 30.0) -> str:
         detail = reply.get("detail") if isinstance(reply, dict) else None
         raise EnrollmentError(f"enrollment failed ({status}): {detail or answer[:200]!r}")
     cert_pem = str(reply.get("certificate", "")).encode()
-    _check_certificate(cert_pem, ca_pem, state_dir, token.node_id)
-    write_atomic(state_dir / CA_FILE, ca_pem)
+    _check_certificate(cert_pem, ca_pem, key, token.node_id)
+    write_atomic(state_dir / KEY_FILE, key_pem(key))
     write_atomic(state_dir / CERT_FILE, cert_pem)
+    write_atomic(state_dir / CA_FILE, ca_pem)
     return token.node_id
 
 
-def _check_certificate(cert_pem: bytes, ca_pem: bytes, state_dir: Path, node_id: str) -> None:
+def _check_certificate(
+    cert_pem: bytes, ca_pem: bytes, key: ec.EllipticCurvePrivateKey, node_id: str
+) -> None:
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
         ca = x509.load_pem_x509_certificate(ca_pem)
         cert.verify_directly_issued_by(ca)
     except Exception as exc:  # InvalidSignature is not a ValueError
         raise EnrollmentError(f"the controller sent an unusable certificate: {exc}") from None
-    key = serialization.load_pem_private_key((state_dir / KEY_FILE).read_bytes(), password=None)
     if key.public_key() != cert.public_key():
         raise EnrollmentError("the certificate the controller sent is not for this agent's key")
     if node_id_of(cert) != node_id:

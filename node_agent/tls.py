@@ -63,7 +63,10 @@ def load_credentials(state_dir: Path) -> AgentCredentials:
     ca_pem, key_pem, cert_pem = (paths[n].read_bytes() for n in (CA_FILE, KEY_FILE, CERT_FILE))
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
-        ca = x509.load_pem_x509_certificate(ca_pem)
+        cas = x509.load_pem_x509_certificates(ca_pem)
+        if len(cas) != 1:
+            raise ValueError(f"{paths[CA_FILE]} must hold exactly one certificate (the cluster CA)")
+        ca = cas[0]
         key = serialization.load_pem_private_key(key_pem, password=None)
     except ValueError as exc:
         raise ConfigError(f"unreadable certificate or key in {state_dir}: {exc}") from None
@@ -89,15 +92,23 @@ def create_key_and_csr(state_dir: Path, node_id: str) -> bytes:
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ConfigError(f"{key_path} is not an EC key")
     else:
-        key = ec.generate_private_key(ec.SECP256R1())
-        write_atomic(
-            key_path,
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
-        )
+        key = new_key()
+        write_atomic(key_path, key_pem(key))
+    return make_csr(key, node_id)
+
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def make_csr(key: ec.EllipticCurvePrivateKey, node_id: str) -> bytes:
+    """A PEM CSR for ``key`` naming ``node_id`` (the CA decides the names it signs anyway)."""
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(

@@ -35,7 +35,7 @@ from controller.nodes.ca import load_ca
 from controller.nodes.client import ClientCredentials, NodeClient, NodeRpcError
 from controller.nodes.desired import NodeState, diff, to_proto
 from controller.nodes.pki import cert_to_pem, key_to_pem
-from controller.nodes.store import HubStore, NodeTarget
+from controller.nodes.store import MAX_REVISION, HubStore, NodeTarget
 from controller.services.base import Clock
 from controller.settings import HubSettings
 
@@ -321,7 +321,9 @@ class NodeWorker:
     async def _check_info(self, client: NodeClient) -> None:
         info = await client.info()
         if info.node_id and info.node_id != self.target.node_id:
-            raise RuntimeError(f"the agent says it is node {info.node_id}")
+            raise RuntimeError(f"the agent says it is node {info.node_id[:64]!r}")
+        if info.applied_revision > MAX_REVISION:
+            raise RuntimeError(f"the agent reports an impossible revision {info.applied_revision}")
         if info.boot_id != self.boot_id or info.applied_revision != self.agent_revision:
             if self.boot_id is not None:
                 self._log.info(
@@ -384,6 +386,10 @@ class NodeWorker:
                 )
                 result = await client.apply_state(revision, to_proto(state))
             self.full_applies += 1
+        if result.applied_revision > MAX_REVISION:
+            raise RuntimeError(
+                f"the agent reports an impossible revision {result.applied_revision}"
+            )
         self.sent_state = state
         self.agent_revision = result.applied_revision
         self.boot_id = result.boot_id

@@ -6,7 +6,11 @@ Each method is one short transaction; nothing here talks to an agent.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import datetime as dt
+import ipaddress
+import re
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -63,40 +67,97 @@ def backends_of(server_params: dict[VpnProtocol, dict[str, Any] | None]) -> dict
     }
 
 
-def params_from_info(info: pb.AgentInfo) -> dict[VpnProtocol, dict[str, Any] | None]:
-    """The public parameters per protocol from agent info (the first backend of each)."""
+# What an agent reports is input like any other: bounded before it reaches the database or
+# a client's config file.
+MAX_COUNTER = 2**62
+MAX_REVISION = 2**62
+_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def _wg_key(value: str) -> bool:
+    try:
+        return len(base64.b64decode(value, validate=True)) == 32
+    except (binascii.Error, ValueError):
+        return False
+
+
+def _addresses(values: Sequence[str]) -> list[str] | None:
+    checked = []
+    for value in values[:16]:
+        try:
+            interface = ipaddress.ip_interface(value)
+        except ValueError:
+            return None
+        if "/" not in value or interface.ip == interface.network.network_address:
+            return None
+        checked.append(str(interface))
+    return checked or None
+
+
+def _text(value: str, limit: int = 255) -> str:
+    return "".join(c for c in value if c.isprintable())[:limit]
+
+
+def _params(backend: pb.BackendInfo) -> tuple[str, dict[str, Any]] | None:
+    """The backend's public parameters as (protocol column, values), or None when they are
+    missing or malformed (then the node does not serve that protocol)."""
+    which = backend.WhichOneof("params")
+    if which == "wireguard":
+        wg = backend.wireguard
+        addresses = _addresses(list(wg.addresses))
+        if not (_wg_key(wg.public_key) and 1 <= wg.listen_port <= 65535 and addresses):
+            return None
+        return "wireguard", {
+            "backend": backend.name,
+            "public_key": wg.public_key,
+            "listen_port": wg.listen_port,
+            "addresses": addresses,
+            "interface": _text(wg.interface, 64),
+        }
+    if which == "openvpn":
+        ovpn = backend.openvpn
+        if not 1 <= ovpn.port <= 65535 or ovpn.transport not in ("udp", "tcp", ""):
+            return None
+        return "openvpn", {
+            "backend": backend.name,
+            "port": ovpn.port,
+            "transport": ovpn.transport or "udp",
+            "ca_certificate_pem": ovpn.ca_certificate_pem[:16384],
+        }
+    if which == "reality":
+        reality = backend.reality
+        if not 1 <= reality.port <= 65535:
+            return None
+        return "vless", {
+            "backend": backend.name,
+            "port": reality.port,
+            "public_key": _text(reality.public_key, 64),
+            "short_ids": [_text(i, 32) for i in list(reality.short_ids)[:16]],
+            "server_names": [_text(n, 253) for n in list(reality.server_names)[:16]],
+            "flow": _text(reality.flow, 32),
+            "fingerprint": _text(reality.fingerprint, 32),
+        }
+    return None
+
+
+def params_from_info(
+    info: pb.AgentInfo,
+) -> tuple[dict[VpnProtocol, dict[str, Any] | None], list[str]]:
+    """The public parameters per protocol from agent info (the first backend of each), and
+    the names of backends whose parameters were malformed."""
     found: dict[VpnProtocol, dict[str, Any] | None] = dict.fromkeys(PARAMS_COLUMN)
+    invalid: list[str] = []
     for backend in info.backends:
-        which = backend.WhichOneof("params")
-        if which == "wireguard" and found[VpnProtocol.WIREGUARD] is None:
-            wg = backend.wireguard
-            found[VpnProtocol.WIREGUARD] = {
-                "backend": backend.name,
-                "public_key": wg.public_key,
-                "listen_port": wg.listen_port,
-                "addresses": list(wg.addresses),
-                "interface": wg.interface,
-            }
-        elif which == "openvpn" and found[VpnProtocol.OPENVPN] is None:
-            ovpn = backend.openvpn
-            found[VpnProtocol.OPENVPN] = {
-                "backend": backend.name,
-                "port": ovpn.port,
-                "transport": ovpn.transport,
-                "ca_certificate_pem": ovpn.ca_certificate_pem,
-            }
-        elif which == "reality" and found[VpnProtocol.VLESS] is None:
-            reality = backend.reality
-            found[VpnProtocol.VLESS] = {
-                "backend": backend.name,
-                "port": reality.port,
-                "public_key": reality.public_key,
-                "short_ids": list(reality.short_ids),
-                "server_names": list(reality.server_names),
-                "flow": reality.flow,
-                "fingerprint": reality.fingerprint,
-            }
-    return found
+        if backend.WhichOneof("params") is None:
+            continue
+        parsed = _params(backend) if _NAME.fullmatch(backend.name) else None
+        if parsed is None:
+            invalid.append(_text(backend.name, 64) or "?")
+            continue
+        protocol = VpnProtocol(parsed[0])
+        if found[protocol] is None:
+            found[protocol] = parsed[1]
+    return found, invalid
 
 
 def health_of(
@@ -229,10 +290,15 @@ class HubStore:
     @_shielded
     async def record_info(self, server_id: int, info: pb.AgentInfo) -> None:
         status, reason = health_of(info.backends)
-        params = params_from_info(info)
+        params, invalid = params_from_info(info)
+        if invalid:
+            status = NodeStatus.DEGRADED
+            reason = "; ".join(
+                [*([reason] if reason else []), f"malformed parameters from {', '.join(invalid)}"]
+            )[:500]
         values: dict[str, Any] = {
-            "agent_boot_id": info.boot_id,
-            "agent_version": info.agent_version[:32],
+            "agent_boot_id": _text(info.boot_id, 64),
+            "agent_version": _text(info.agent_version, 32),
             "status": status,
             "status_reason": reason,
             "last_seen_at": self._now(),
@@ -248,7 +314,7 @@ class HubStore:
     async def record_applied(self, server_id: int, result: pb.ApplyResult) -> None:
         values: dict[str, Any] = {
             "applied_revision": result.applied_revision,
-            "agent_boot_id": result.boot_id,
+            "agent_boot_id": _text(result.boot_id, 64),
             "last_seen_at": self._now(),
         }
         if result.backends:  # a delta reports only the backends it touched
@@ -333,8 +399,18 @@ class HubStore:
             return []
         now = self._now()
         # The newest entry per client wins (entries carry totals).
+        if not ledger_id or len(ledger_id) > 64:
+            raise ValueError("the agent sent a malformed usage ledger id")
         latest: dict[tuple[str, str], pb.UsageEntry] = {}
         for entry in entries:
+            if (
+                entry.rx_bytes > MAX_COUNTER
+                or entry.tx_bytes > MAX_COUNTER
+                or not _NAME.fullmatch(entry.backend)
+                or not 0 < len(entry.client_id) <= 255
+            ):
+                log.warning("usage_entry_ignored", node=server_id, backend=entry.backend[:64])
+                continue
             latest[(entry.backend, entry.client_id)] = entry
         suspended: list[int] = []
         async with self._uow() as uow:
