@@ -424,7 +424,21 @@ class HubStore:
                 ).items()
             }
             baselines = await uow.usage.baselines(server_id, list(latest))
-            growth: dict[tuple[str, str], int] = {}
+            # Owners of clients seen for the first time (or not yet attributed).
+            unowned = [
+                k for k in latest if (c := baselines.get(k)) is None or c.subscription_id is None
+            ]
+            owners: dict[tuple[str, str], tuple[int, int]] = {}
+            for backend in {key[0] for key in unowned}:
+                protocol = protocol_of.get(backend)
+                if protocol is not None:
+                    clients = [key[1] for key in unowned if key[0] == backend]
+                    for client_id, ids in (
+                        await uow.configs.by_client(server_id, protocol, clients)
+                    ).items():
+                        owners[(backend, client_id)] = ids
+            by_config: dict[int, int] = {}
+            by_subscription: dict[int, int] = {}
             for key, entry in latest.items():
                 counter = baselines.get(key)
                 if counter is None:
@@ -439,28 +453,26 @@ class HubStore:
                     uow.usage.add(counter)
                 elif counter.ledger_id != ledger_id:  # a new ledger starts from zero
                     counter.ledger_id, counter.rx_total, counter.tx_total = ledger_id, 0, 0
+                if key in owners:
+                    counter.vpn_config_id, counter.subscription_id = owners[key]
                 added = max(0, entry.rx_bytes - counter.rx_total) + max(
                     0, entry.tx_bytes - counter.tx_total
                 )
                 counter.rx_total = max(counter.rx_total, entry.rx_bytes)
                 counter.tx_total = max(counter.tx_total, entry.tx_bytes)
                 counter.updated_at = now
-                if added:
-                    growth[key] = added
-            by_subscription: dict[int, int] = {}
-            for backend in {key[0] for key in growth}:
-                protocol = protocol_of.get(backend)
-                if protocol is None:
+                if not added or counter.subscription_id is None:
                     continue
-                clients = [key[1] for key in growth if key[0] == backend]
-                for client_id, (config_id, subscription_id) in (
-                    await uow.configs.by_client(server_id, protocol, clients)
-                ).items():
-                    amount = growth[(backend, client_id)]
-                    await uow.configs.add_traffic(config_id, amount, now)
-                    by_subscription[subscription_id] = (
-                        by_subscription.get(subscription_id, 0) + amount
+                if counter.vpn_config_id is not None:  # None: the config was deleted since
+                    by_config[counter.vpn_config_id] = (
+                        by_config.get(counter.vpn_config_id, 0) + added
                     )
+                by_subscription[counter.subscription_id] = (
+                    by_subscription.get(counter.subscription_id, 0) + added
+                )
+            await uow.session.flush()
+            for config_id, amount in sorted(by_config.items()):
+                await uow.configs.add_traffic(config_id, amount, now)
             for subscription_id, amount in sorted(by_subscription.items()):
                 state = await uow.subscriptions.add_traffic(subscription_id, amount)
                 if (

@@ -6,6 +6,7 @@ it to the agent right after the commit.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,26 @@ from controller.settings import VpnSettings
 from controller.vpn import wireguard
 
 MAX_DEVICE_NAME = 64
+# Protocols this controller can place configs of (OpenVPN and VLESS arrive with their
+# backends).
+PROVISIONED = frozenset({VpnProtocol.WIREGUARD})
+
+
+def _capacity(server: Server) -> int:
+    """Configs the node can take: its max_users, and for WireGuard no more than its tunnel
+    subnet has client addresses."""
+    capacity = server.max_users
+    addresses = (server.wireguard_config or {}).get("addresses") or []
+    if addresses and served_protocols(server) == {VpnProtocol.WIREGUARD}:
+        try:
+            network = ipaddress.ip_interface(addresses[0]).network
+        except ValueError:
+            return 0
+        hosts = network.num_addresses - (
+            2 if network.version == 4 and network.prefixlen < 31 else 0
+        )
+        capacity = min(capacity, max(hosts - 1, 0))
+    return capacity
 
 
 def secret_context(config_id: int) -> bytes:
@@ -214,7 +235,7 @@ class ConfigService(Service):
                 protocols=served_protocols(s),
                 country_code=s.country_code,
                 configs=counts.get(s.id, 0),
-                max_users=s.max_users,
+                max_users=_capacity(s),
             )
             for s in servers
         ]
@@ -224,11 +245,16 @@ class ConfigService(Service):
             auto_select=user.auto_select_protocol,
             dpi_user=placement.is_dpi_user(user.language_code, user.country_code),
         )
+        if protocol is not None and protocol not in PROVISIONED:
+            raise Unavailable(f"{protocol.value} configs cannot be provisioned yet")
         for candidate in order:
-            if candidate is not VpnProtocol.WIREGUARD:
+            if candidate not in PROVISIONED:
                 continue  # OpenVPN and VLESS provisioning arrive with their backends
             server_id = placement.choose_node(
-                candidates, candidate, preferred_server_id=user.preferred_server_id
+                candidates,
+                candidate,
+                country=user.country_code,
+                preferred_server_id=user.preferred_server_id,
             )
             if server_id is not None:
                 server = next(s for s in servers if s.id == server_id)

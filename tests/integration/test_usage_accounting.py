@@ -289,3 +289,28 @@ async def test_racing_first_reports_never_count_twice(world: World) -> None:
     await world.store.account_usage(node, LEDGER, page)  # the retry of a failed reader
 
     assert await _totals(world, config) == (1010, 1010)
+
+
+async def test_the_last_sample_of_a_reissued_or_deleted_device_still_counts(world: World) -> None:
+    """The agent samples a client one last time when it removes it; by then the config has
+    a new key (re-issue) or is gone (delete). Those bytes still belong to the subscription."""
+    node = await world.node("nl-1")
+    config = await _placed(world, 7)
+    old_client = config.client_id
+    await world.store.account_usage(node, LEDGER, [entry(old_client, 1000, 0)])
+    assert await _totals(world, config) == (1000, 1000)
+
+    await world.svc.configs.reissue(config.id)
+    # The old key's final sample, reported after the re-issue: counted to the same device.
+    await world.store.account_usage(node, LEDGER, [entry(old_client, 1500, 0)])
+    assert await _totals(world, config) == (1500, 1500)
+    fresh = await world.config(config.id)
+    assert fresh.client_id != old_client
+    await world.store.account_usage(node, LEDGER, [entry(fresh.client_id, 0, 200)])
+    assert await _totals(world, config) == (1700, 1700)
+
+    subscription_id = config.subscription_id
+    await world.svc.configs.delete(config.id)
+    await world.store.account_usage(node, LEDGER, [entry(fresh.client_id, 0, 260)])
+    used = (await world.svc.subscriptions.get(subscription_id)).traffic_used_bytes
+    assert used == 1760

@@ -145,13 +145,21 @@ class UsageCounter(Base):
     """
 
     __tablename__ = "usage_counters"
-    __table_args__ = (sa.UniqueConstraint("server_id", "backend", "client_id"),)
+    __table_args__ = (
+        sa.UniqueConstraint("server_id", "backend", "client_id"),
+        sa.Index(None, "vpn_config_id"),
+        sa.Index(None, "subscription_id"),
+    )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
     server_id: Mapped[int] = mapped_column(fk("servers.id", "CASCADE"))
     backend: Mapped[str] = mapped_column(sa.String(64))
     client_id: Mapped[str] = mapped_column(sa.String(255))
     ledger_id: Mapped[str] = mapped_column(sa.String(64))
+    # Whose traffic this is, fixed when the client is first seen: a client's last sample
+    # arrives after a re-issue (new key) or a deletion, when no config has its id any more.
+    vpn_config_id: Mapped[int | None] = mapped_column(fk("vpn_configs.id", "SET NULL"))
+    subscription_id: Mapped[int | None] = mapped_column(fk("subscriptions.id", "SET NULL"))
     rx_total: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     tx_total: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
