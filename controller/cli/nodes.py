@@ -16,7 +16,7 @@ from controller.domain import rules
 from controller.domain.enums import VpnProtocol
 from controller.services import Actor
 from controller.services.configs import RenderedConfig
-from controller.services.nodes import NODE_PROTOCOLS, NodeDraft, enrollment_url
+from controller.services.nodes import NODE_PROTOCOLS, NodeDraft, Removal, enrollment_url
 from controller.vpn import qr
 
 PROTOCOLS = [p.value for p in NODE_PROTOCOLS]
@@ -204,17 +204,29 @@ def node_show(ctx: click.Context, name: str) -> None:
 
 @node_group.command("remove")
 @click.argument("name")
-@click.option("--force", is_flag=True, help="Also delete the client configs it carries.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Delete the client configs it carries (the hub then empties the node), or remove "
+    "a node that has not applied its last change.",
+)
 @click.pass_context
 def node_remove(ctx: click.Context, name: str, force: bool) -> None:
-    """Remove node NAME (refused while it carries client configs, unless --force)."""
+    """Remove node NAME. A node carrying client configs is refused; --force deletes them
+    and empties the node first, then remove it again once it has converged."""
 
-    async def action(c: Container) -> int:
+    async def action(c: Container) -> Removal:
         return await c.services.nodes.remove(Actor.cli(), name, force=force)
 
-    deleted = with_container(ctx, action)
-    extra = f" and {deleted} client config(s)" if deleted else ""
-    click.echo(f"node {name}{extra} removed; uninstall the agent on the host")
+    result = with_container(ctx, action)
+    if result.removed:
+        click.echo(f"node {name} removed; uninstall the agent on the host")
+    else:
+        click.echo(
+            f"{result.configs_deleted} client config(s) of node {name} deleted; the hub is "
+            f"emptying the node: run `vpnbot node remove {name}` once `vpnbot node list` "
+            "shows it converged"
+        )
 
 
 @user_group.command("grant")

@@ -50,6 +50,12 @@ class NodeDraft:
 
 
 @dataclass(frozen=True, slots=True)
+class Removal:
+    configs_deleted: int
+    removed: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Enrolled:
     node_id: str
     certificate_pem: bytes
@@ -223,18 +229,47 @@ class NodeService(Service):
         async with self._uow() as uow:
             return await uow.configs.counts_by_server()
 
-    async def remove(self, actor: Actor, name: str, *, force: bool = False) -> int:
-        """Delete a node. A node that still carries client configs is refused unless
-        ``force``, which deletes those configs too (their clients lose access)."""
+    async def remove(self, actor: Actor, name: str, *, force: bool = False) -> Removal:
+        """Remove a node, emptying it first.
+
+        A node that carries client configs is refused; with ``force`` those configs are
+        deleted and the node's desired revision bumped, so the hub empties the agent (its
+        clients lose access) — the node itself stays until that is applied. A node with a
+        change not yet applied is refused too unless ``force``: its agent keeps serving its
+        last state until it is stopped.
+        """
         async with self._uow() as uow:
             server = await _require(uow, name, for_update=True)
             count = await uow.configs.count_for_server(server.id)
-            if count and not force:
-                raise Conflict(
-                    f"node {name!r} carries {count} client config(s); "
-                    "remove it with --force to delete them too"
+            if count:
+                if not force:
+                    raise Conflict(
+                        f"node {name!r} carries {count} client config(s); --force deletes them "
+                        "and empties the node, then remove it again"
+                    )
+                await uow.configs.delete_for_server(server.id)
+                await uow.touch_nodes([server.id])
+                await audit.record(
+                    uow,
+                    actor,
+                    "node.drain",
+                    target_type="server",
+                    target_id=server.id,
+                    details={"name": name, "configs_deleted": count},
                 )
-            await uow.configs.delete_for_server(server.id)
+                await uow.commit()
+                return Removal(configs_deleted=count, removed=False)
+            if (
+                server.enrolled_at is not None
+                and server.applied_revision < server.desired_revision
+                and not force
+            ):
+                raise Conflict(
+                    f"node {name!r} has not applied its last change yet (revision "
+                    f"{server.applied_revision} of {server.desired_revision}): wait until "
+                    "`vpnbot node list` shows it converged, or use --force (its agent then "
+                    "keeps serving its last state until you stop it)"
+                )
             await uow.nodes.delete(server)
             await audit.record(
                 uow,
@@ -242,10 +277,10 @@ class NodeService(Service):
                 "node.remove",
                 target_type="server",
                 target_id=server.id,
-                details={"name": name, "configs_deleted": count},
+                details={"name": name},
             )
             await uow.commit()
-            return count
+            return Removal(configs_deleted=0, removed=True)
 
 
 async def _require(uow: UnitOfWork, name: str, *, for_update: bool = False) -> Server:

@@ -847,11 +847,17 @@ def test_cli_node_lifecycle(cli: Cli, tmp_path: Path) -> None:
     assert "configs:       1 of 5" in cli.ok("node", "show", "nl-1")
     assert "1/5" in _one_row(cli.ok("node", "list"), "nl-1")
 
-    # Removal is refused while it carries the config, and --force deletes both.
+    # Removal is refused while it carries the config; --force deletes the config and
+    # leaves the node for the hub to empty; with no agent to apply that, only a second
+    # --force removes it.
     refused = cli.fails("node", "remove", "nl-1")
     assert "1 client config(s)" in refused and "--force" in refused
     assert "nl-1" in cli.ok("node", "list")
-    assert "node nl-1 and 1 client config(s) removed" in cli.ok("node", "remove", "nl-1", "--force")
+    drained = cli.ok("node", "remove", "nl-1", "--force")
+    assert "1 client config(s) of node nl-1 deleted" in drained
+    assert "0/5" in _one_row(cli.ok("node", "list"), "nl-1")
+    assert "not applied its last change" in cli.fails("node", "remove", "nl-1")
+    assert "node nl-1 removed" in cli.ok("node", "remove", "nl-1", "--force")
     assert "no nodes yet" in cli.ok("node", "list")
     assert "no node named 'nl-1'" in cli.fails("node", "show", "nl-1")
     assert "no node named 'nl-1'" in cli.fails("node", "remove", "nl-1")

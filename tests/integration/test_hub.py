@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
 from controller.domain.enums import NodeStatus, SubscriptionStatus, SuspendReason
-from controller.domain.errors import NoServerAvailable
+from controller.domain.errors import Conflict, NoServerAvailable
 from controller.nodes.client import NodeClient, NodeRpcError
 from controller.nodes.hub import Hub
 from controller.nodes.store import HubStore
@@ -615,3 +615,25 @@ async def test_hub_writes_cut_short_by_cancellation_leave_the_database_writable(
         finally:
             gc.collect()  # a failed round leaves connections for the collector to close
             await asyncio.gather(*started, return_exceptions=True)
+
+
+async def test_removing_a_node_with_force_empties_its_agent_first(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """`node remove --force` must not leave clients on the node: their configs go, the hub
+    pushes the empty state, and only then can the node row be deleted without --force."""
+    async with ControllerHarness.open(engine, tmp_path) as harness:
+        node = await harness.add_node("nl-1")
+        async with node.agent():
+            await harness.wait_converged(node)
+            config = await give_config(harness, 41)
+            await wait_peers(harness, node, {config.client_id})
+            with pytest.raises(Conflict, match="carries 1 client config"):
+                await harness.services.nodes.remove(ADMIN, "nl-1")
+            drained = await harness.services.nodes.remove(ADMIN, "nl-1", force=True)
+            assert (drained.configs_deleted, drained.removed) == (1, False)
+            await wait_peers(harness, node, set())
+            await harness.wait_converged(node)
+            removed = await harness.services.nodes.remove(ADMIN, "nl-1")
+            assert removed.removed
+        assert [s.name for s in await harness.services.nodes.list()] == []
