@@ -15,6 +15,7 @@ import uvicorn
 
 from controller import __version__
 from controller.api.app import create_app
+from controller.api.enroll import create_enrollment_app
 from controller.bootstrap import Container, open_container
 from controller.db.base import utcnow
 from controller.nodes.ca import ensure_ca, listener_certificate
@@ -100,10 +101,13 @@ async def _enrollment_listener(container: Container) -> None:
     settings = container.settings
     ca = await ensure_ca(container.uow_factory, container.secrets)
     url = enrollment_url(settings.enrollment)
+    # `vpnbot node add` in another shell may lack this process's settings: it puts the URL
+    # the listener really serves into its tokens.
+    await container.services.nodes.publish_url(url)
     cert, key = listener_certificate(ca, url, settings.data_dir / "enrollment")
     server = _QuietServer(
         uvicorn.Config(
-            create_app(container),
+            create_enrollment_app(container),
             host=settings.enrollment.host,
             port=settings.enrollment.port,
             ssl_certfile=str(cert),

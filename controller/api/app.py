@@ -10,7 +10,6 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from controller import __version__
-from controller.api.enroll import router as enroll_router
 from controller.bootstrap import Container
 
 log = structlog.get_logger(__name__)
@@ -32,7 +31,6 @@ def create_app(container: Container) -> FastAPI:
         redoc_url=None,
     )
     app.state.container = container
-    app.include_router(enroll_router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz(container: ContainerDep) -> JSONResponse:

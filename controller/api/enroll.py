@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import structlog
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -68,3 +68,12 @@ async def enroll(body: EnrollRequest, request: Request, container: ContainerDep)
             "ca_certificate": enrolled.ca_certificate_pem.decode(),
         }
     )
+
+
+def create_enrollment_app(container: Container) -> FastAPI:
+    """The app of the public HTTPS enrollment listener: these two routes and nothing else
+    (no docs, no health details)."""
+    app = FastAPI(title="vpnbot enrollment", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.container = container
+    app.include_router(router)
+    return app

@@ -112,7 +112,9 @@ def node_add(
 @click.argument("name")
 @click.pass_context
 def node_token(ctx: click.Context, name: str) -> None:
-    """Mint a new enrollment token for NAME (re-enrolls the host; the old token dies)."""
+    """Mint a new enrollment token for NAME; the old token dies. For an enrolled node this
+    starts a re-enrollment: the certificate its host holds stops being accepted at once, until
+    the host runs `vpn-node-agent enroll` with the new token (and restarts its agent)."""
 
     async def action(c: Container) -> tuple[Server, str, Container]:
         server, token = await c.services.nodes.mint_token(Actor.cli(), name)

@@ -26,7 +26,8 @@ CA_KEY_SETTING = "nodes.ca.key"
 _KEY_CONTEXT = b"vpnbot:nodes-ca-key"
 
 
-async def _load(uow: UnitOfWork, box: SecretBox) -> CertificateAuthority | None:
+async def load_ca_in(uow: UnitOfWork, box: SecretBox) -> CertificateAuthority | None:
+    """The CA inside the caller's transaction."""
     cert_row = await uow.app_settings.get(CA_CERT_SETTING)
     key_row = await uow.app_settings.get(CA_KEY_SETTING)
     if cert_row is None or key_row is None:
@@ -36,8 +37,15 @@ async def _load(uow: UnitOfWork, box: SecretBox) -> CertificateAuthority | None:
 
 
 async def load_ca(uow_factory: UnitOfWorkFactory, box: SecretBox) -> CertificateAuthority | None:
-    async with uow_factory() as uow:
-        return await _load(uow, box)
+    async with uow_factory().read_only() as uow:
+        return await load_ca_in(uow, box)
+
+
+async def load_ca_certificate(uow_factory: UnitOfWorkFactory) -> bytes | None:
+    """The CA certificate alone (public: no key is unsealed)."""
+    async with uow_factory().read_only() as uow:
+        row = await uow.app_settings.get(CA_CERT_SETTING)
+        return None if row is None else str(row.value).encode()
 
 
 async def ensure_ca(uow_factory: UnitOfWorkFactory, box: SecretBox) -> CertificateAuthority:
@@ -76,7 +84,6 @@ def listener_certificate(ca: CertificateAuthority, url: str, directory: Path) ->
         ip_addresses=sorted(set(ips)),
         server=True,
         client=False,
-        valid_days=90,
     )
     directory.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = directory / "enrollment.pem", directory / "enrollment.key"

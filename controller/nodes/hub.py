@@ -144,7 +144,11 @@ class Hub:
         wanted = {t.server_id: t for t in targets}
         for server_id in list(self._tasks):
             worker = self.workers[server_id]
-            if server_id not in wanted or wanted[server_id].target != worker.target.target:
+            changed = server_id in wanted and (
+                wanted[server_id].target != worker.target.target
+                or wanted[server_id].node_id != worker.target.node_id  # re-enrollment
+            )
+            if server_id not in wanted or changed:
                 self._tasks.pop(server_id).cancel()
                 del self.workers[server_id]
         if self._credentials is None:

@@ -12,6 +12,7 @@ from datetime import timedelta
 
 from controller.crypto import SecretBox
 from controller.db.models import Server
+from controller.db.models.nodes import new_node_uid
 from controller.db.uow import UnitOfWork, UnitOfWorkFactory
 from controller.domain.enums import NodeStatus, VpnProtocol
 from controller.domain.errors import (
@@ -21,7 +22,7 @@ from controller.domain.errors import (
     InvalidInput,
     NodeNotFound,
 )
-from controller.nodes.ca import ensure_ca, load_ca
+from controller.nodes.ca import ensure_ca, load_ca_certificate, load_ca_in
 from controller.nodes.pki import PkiError, cert_to_pem, fingerprint
 from controller.services import audit
 from controller.services.base import Actor, Clock, Service
@@ -36,6 +37,7 @@ _HOSTNAME = re.compile(
 # Protocols a node can serve through the agent (IKEv2 is in the data model only).
 NODE_PROTOCOLS = (VpnProtocol.WIREGUARD, VpnProtocol.OPENVPN, VpnProtocol.VLESS)
 MAX_USERS_LIMIT = 1_000_000
+ENROLLMENT_URL_SETTING = "enrollment.url"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +128,7 @@ class NodeService(Service):
         super().__init__(uow_factory, clock)
         self._box = secrets_box
         self._enrollment = enrollment
+        self._ca_pem: bytes | None = None
 
     async def add(self, actor: Actor, draft: NodeDraft) -> tuple[Server, str]:
         """Create a node and its first enrollment token (printed once, stored hashed)."""
@@ -146,7 +149,7 @@ class NodeService(Service):
                 status=NodeStatus.UNKNOWN,
             )
             await uow.nodes.add(server)
-            token = self._new_token(server, fingerprint(ca.cert))
+            token = self._new_token(server, fingerprint(ca.cert), await self._token_url(uow))
             await audit.record(
                 uow,
                 actor,
@@ -159,36 +162,67 @@ class NodeService(Service):
             return server, token
 
     async def mint_token(self, actor: Actor, name: str) -> tuple[Server, str]:
-        """A fresh enrollment token for the node (the previous one stops working)."""
+        """A fresh enrollment token for the node (the previous one stops working).
+
+        For a node already enrolled this is a re-enrollment: the node gets a new identity at
+        once, so the certificate its host holds now is no longer accepted by the hub (a
+        leaked agent key is cut off); the host enrolls again with the new token.
+        """
         ca = await ensure_ca(self._uow, self._box)
         async with self._uow() as uow:
             server = await _require(uow, name, for_update=True)
-            token = self._new_token(server, fingerprint(ca.cert))
-            await audit.record(uow, actor, "node.token", target_type="server", target_id=server.id)
+            rotated = server.enrolled_at is not None
+            if rotated:
+                server.node_uid = new_node_uid()
+                server.agent_boot_id = None
+            token = self._new_token(server, fingerprint(ca.cert), await self._token_url(uow))
+            await audit.record(
+                uow,
+                actor,
+                "node.token",
+                target_type="server",
+                target_id=server.id,
+                details={"identity_rotated": rotated},
+            )
             await uow.commit()
             return server, token
 
-    def _new_token(self, server: Server, ca_fingerprint: str) -> str:
+    async def publish_url(self, url: str) -> None:
+        """Record the URL the running enrollment listener serves (for tokens made elsewhere)."""
+        async with self._uow() as uow:
+            await uow.app_settings.set(ENROLLMENT_URL_SETTING, url)
+            await uow.commit()
+
+    async def _token_url(self, uow: UnitOfWork) -> str:
+        if self._enrollment.public_url:
+            return self._enrollment.public_url
+        published = await uow.app_settings.get(ENROLLMENT_URL_SETTING)
+        if published is not None and isinstance(published.value, str):
+            return published.value
+        return enrollment_url(self._enrollment)
+
+    def _new_token(self, server: Server, ca_fingerprint: str, url: str) -> str:
         secret = secrets.token_urlsafe(SECRET_BYTES)
         server.enrollment_token_hash = hash_secret(secret)
         server.enrollment_token_expires_at = self._now() + timedelta(
             minutes=self._enrollment.token_ttl_minutes
         )
-        return EnrollmentToken(
-            enrollment_url(self._enrollment), server.node_uid, ca_fingerprint, secret
-        ).encode()
+        return EnrollmentToken(url, server.node_uid, ca_fingerprint, secret).encode()
 
     async def enroll(self, secret: str, csr_pem: bytes) -> Enrolled:
         """Sign an agent's CSR for the node whose token this is, burning the token in the
         same transaction. Every refusal looks alike to the caller."""
-        ca = await load_ca(self._uow, self._box)
-        if ca is None or not isinstance(secret, str) or not secret:
+        if not isinstance(secret, str) or not secret:
             raise EnrollmentRefused("unknown, used or expired enrollment token")
         async with self._uow() as uow:
+            # The token first: an unknown one costs one indexed lookup, not a CA key unsealing.
             server = await uow.nodes.get_by_token_hash(hash_secret(secret))
             now = self._now()
             expires = server.enrollment_token_expires_at if server is not None else None
             if server is None or expires is None or expires <= now:
+                raise EnrollmentRefused("unknown, used or expired enrollment token")
+            ca = await load_ca_in(uow, self._box)
+            if ca is None:
                 raise EnrollmentRefused("unknown, used or expired enrollment token")
             try:
                 cert = ca.sign_node_csr(csr_pem, server.node_uid)
@@ -214,8 +248,10 @@ class NodeService(Service):
             return Enrolled(server.node_uid, cert_to_pem(cert), ca.cert_pem)
 
     async def ca_certificate(self) -> bytes | None:
-        ca = await load_ca(self._uow, self._box)
-        return None if ca is None else ca.cert_pem
+        """The cluster CA certificate (public; it never changes, so it is read once)."""
+        if self._ca_pem is None:
+            self._ca_pem = await load_ca_certificate(self._uow)
+        return self._ca_pem
 
     async def list(self) -> Sequence[Server]:
         async with self._uow() as uow:

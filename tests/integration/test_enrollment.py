@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from controller.api.app import create_app
+from controller.api.enroll import create_enrollment_app
 from controller.bootstrap import Container, open_container
 from controller.crypto import SecretBox
 from controller.db.base import utcnow
@@ -554,7 +554,7 @@ async def _impostor(container: Container, ca: CertificateAuthority, directory: P
     cert, key = listener_certificate(ca, f"https://127.0.0.1:{port}", directory)
     server = _QuietServer(
         uvicorn.Config(
-            create_app(container),
+            create_enrollment_app(container),
             host="127.0.0.1",
             port=port,
             ssl_certfile=str(cert),
