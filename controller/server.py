@@ -44,6 +44,7 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self._background = background
         self._tasks: list[asyncio.Task[None]] = []
+        self.failure: BaseException | None = None
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -70,9 +71,12 @@ class _Server(uvicorn.Server):
             await factory()
         except asyncio.CancelledError:
             raise
-        except BaseException:
-            # One component failing must not leave a half-working controller running.
+        except BaseException as exc:
+            # One component failing must not leave a half-working controller running: stop,
+            # and make `vpnbot run` fail with it.
             log.exception("component_failed", component=name)
+            if self.failure is None:
+                self.failure = exc
             self.should_exit = True
 
     async def stop_background(self) -> None:
@@ -189,4 +193,9 @@ async def serve(settings: Settings, *, host: str, port: int) -> None:
             raise
         finally:
             await server.stop_background()
+        if server.failure is not None:
+            failure = server.failure
+            if isinstance(failure, Exception):
+                raise failure
+            raise RuntimeError(f"a component stopped: {failure!r}")
         log.info("controller_stopped")

@@ -168,3 +168,25 @@ def test_ctrl_c_at_any_moment_is_quiet(tmp_path: Path) -> None:
             continue  # a loaded machine: the signal hit the interpreter before any of our code
         assert process.returncode in (0, 130), (delay, process.returncode, out)
         assert b"Traceback" not in out, (delay, out)
+
+
+def test_a_busy_enrollment_port_fails_the_run_with_one_line(tmp_path: Path) -> None:
+    """A component that cannot start stops the whole controller, and the exit says why."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        process = subprocess.run(
+            [*ENTRY, "run", "--port", str(_free_port())],
+            cwd=tmp_path,
+            env=_env(VPNBOT_ENROLLMENT__HOST="127.0.0.1", VPNBOT_ENROLLMENT__PORT=str(taken)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert process.returncode == 1, process.stderr[-2000:]
+    last = process.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"vpnbot: error: could not listen for enrollment on 127.0.0.1:{taken} "
+        "(VPNBOT_ENROLLMENT__PORT)"
+    )
