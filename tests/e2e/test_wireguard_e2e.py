@@ -6,10 +6,7 @@ socket (unix sockets cross namespaces; the VPN traffic does not)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,43 +16,11 @@ import pytest
 from controller.nodes.client import NodeClient, NodeRpcError
 from proto.nodeapi.v1 import node_agent_pb2 as pb
 from tests.agent_support import Cluster
+from tests.e2e.controller_lab import AgentProcess
 from tests.e2e.netns import Lab, require_lab, run
 
-REPO = Path(__file__).resolve().parents[2]
 NODE_ID = "node-e2e"
 SERVER_TUNNEL, CLIENT_TUNNEL = "10.77.0.1", "10.77.0.2"
-
-
-class AgentProcess:
-    def __init__(self, lab: Lab, config: Path, log: Path) -> None:
-        self.lab, self.config, self.log = lab, config, log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            self.lab.server.argv(
-                sys.executable, "-m", "node_agent", "run", "--config", str(self.config)
-            ),
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=self.log.open("ab"),
-            start_new_session=True,  # its own process group, as under a terminal or a unit
-        )
-
-    def stop(self) -> int:
-        """SIGTERM to the agent's whole process group, as Ctrl+C in a terminal or a service
-        manager would send: wireguard-go must not be in that group."""
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGTERM)
-        code = self.process.wait(timeout=20)
-        self.process = None
-        return code
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-            self.process = None
 
 
 async def wait_for_agent(client: NodeClient, within: float = 20) -> pb.AgentInfo:
@@ -117,7 +82,7 @@ async def test_wireguard_end_to_end(lab: Lab, tmp_path: Path) -> None:
         "listen_port = 51820\n"
         f'addresses = ["{SERVER_TUNNEL}/24"]\n'
     )
-    agent = AgentProcess(lab, config, tmp_path / "agent.log")
+    agent = AgentProcess(lab.server, config, tmp_path / "agent.log")
     client_iface = lab.iface("c")
     conf = tmp_path / f"{client_iface}.conf"
     private = run(["wg", "genkey"]).stdout.strip()

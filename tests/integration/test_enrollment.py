@@ -53,10 +53,10 @@ from node_agent.tls import CA_FILE, CERT_FILE, KEY_FILE, create_key_and_csr, loa
 from node_agent.tls import node_id_of as cert_node_id
 from proto.nodeapi.v1.enrollment import EnrollmentToken, hash_secret, pem_fingerprint
 from proto.nodeapi.v1.identity import node_dns_name
-from tests.conftest import FakeClock, create_pg_database, drop_pg_database
+from tests.conftest import FakeClock
 from tests.hub_support import wireguard_info
 from tests.integration.factories import ADMIN
-from tests.integration.test_cli import Cli
+from tests.integration.test_cli import Cli, _cli
 
 PUBLIC_URL = "https://controller.example:8443"
 SERVER_WG_KEY = "q" * 43 + "="
@@ -738,14 +738,8 @@ async def cli(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> AsyncIterator[Cli]:
-    monkeypatch.setenv("VPNBOT_DATA_DIR", str(tmp_path / "data"))
-    url = None
-    if request.param == "postgresql":
-        url = await create_pg_database()
-        monkeypatch.setenv("VPNBOT_DATABASE__URL", url)
-    yield Cli(capsys)
-    if url is not None:
-        await drop_pg_database(url)
+    async for c in _cli(request.param, monkeypatch, tmp_path, capsys):
+        yield c
 
 
 def _token_of(out: str) -> str:
