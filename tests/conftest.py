@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import os
 import uuid
+
+# Tests start subprocesses from a process that runs gRPC: without this, gRPC's fork handlers
+# run in every forked child and can abort it before it execs. Set before grpc is imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta

@@ -153,13 +153,14 @@ def test_ctrl_c_at_any_moment_is_quiet(tmp_path: Path) -> None:
     for delay in (0.05, 0.4, 0.8, 1.5):
         port = _free_port()
         process = subprocess.Popen(
-            [*ENTRY, "run", "--port", str(port)],
+            # A shell's background jobs ignore SIGINT; a terminal's Ctrl+C does not. env(1)
+            # restores it: a preexec_fn would fork this gRPC-using process the slow way, and
+            # gRPC's fork handlers then abort the child before it execs.
+            ["env", "--default-signal=INT", *ENTRY, "run", "--port", str(port)],
             cwd=tmp_path,
             env=_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            # A shell's background jobs ignore SIGINT; a terminal's Ctrl+C does not.
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         time.sleep(delay)
         process.send_signal(signal.SIGINT)
