@@ -83,7 +83,28 @@ class FakeConfig(_Strict):
     _addresses = field_validator("addresses")(_check_addresses)
 
 
-BackendConfig = Annotated[WireGuardConfig | FakeConfig, Field(discriminator="type")]
+class OpenVpnConfig(_Strict):
+    """An OpenVPN server the agent runs, with its own PKI (the CA key never leaves the node)."""
+
+    type: Literal["openvpn"]
+
+
+class XrayConfig(_Strict):
+    """A VLESS inbound (Reality) of an Xray core, driven over Xray's gRPC API."""
+
+    type: Literal["xray"]
+
+
+class ThreeXuiConfig(_Strict):
+    """An inbound of a 3X-UI panel on this host, driven over the panel's HTTP API."""
+
+    type: Literal["threexui"]
+
+
+BackendConfig = Annotated[
+    WireGuardConfig | OpenVpnConfig | XrayConfig | ThreeXuiConfig | FakeConfig,
+    Field(discriminator="type"),
+]
 
 
 class AgentConfig(_Strict):

@@ -8,7 +8,14 @@ from collections.abc import Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from node_agent.backends.base import BackendStatus, Health, PublicParams, WireGuardPublicParams
+from node_agent.backends.base import (
+    BackendStatus,
+    Health,
+    OpenVpnPublicParams,
+    PublicParams,
+    RealityPublicParams,
+    WireGuardPublicParams,
+)
 from node_agent.errors import InvalidStateError
 from node_agent.model import Client, DesiredState, OpenVpnClient, VlessUser, WireGuardPeer
 from proto.nodeapi.v1 import node_agent_pb2 as pb
@@ -97,6 +104,25 @@ def backend_info_to_pb(
                 listen_port=params.listen_port,
                 addresses=list(params.addresses),
                 interface=params.interface,
+            )
+        )
+    elif isinstance(params, OpenVpnPublicParams):
+        info.openvpn.CopyFrom(
+            pb.OpenVpnParams(
+                port=params.port,
+                transport=params.transport,
+                ca_certificate_pem=params.ca_certificate_pem,
+            )
+        )
+    elif isinstance(params, RealityPublicParams):
+        info.reality.CopyFrom(
+            pb.RealityParams(
+                port=params.port,
+                public_key=params.public_key,
+                short_ids=list(params.short_ids),
+                server_names=list(params.server_names),
+                flow=params.flow,
+                fingerprint=params.fingerprint,
             )
         )
     return info

@@ -8,6 +8,7 @@ input. ``apply`` is idempotent and changes only what differs from the running so
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,7 +67,43 @@ class WireGuardPublicParams:
     interface: str
 
 
-PublicParams = WireGuardPublicParams | None
+@dataclass(frozen=True, slots=True)
+class OpenVpnPublicParams:
+    port: int
+    transport: str  # "udp" or "tcp"
+    ca_certificate_pem: str
+
+
+@dataclass(frozen=True, slots=True)
+class RealityPublicParams:
+    port: int
+    public_key: str  # X25519, base64url without padding
+    short_ids: tuple[str, ...]
+    server_names: tuple[str, ...]
+    flow: str
+    fingerprint: str
+
+
+PublicParams = WireGuardPublicParams | OpenVpnPublicParams | RealityPublicParams | None
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedClient:
+    """An OpenVPN client certificate the node's CA signed, with its inline profile."""
+
+    common_name: str
+    certificate_pem: str
+    profile: str  # inline .ovpn without `remote` lines (the controller knows the address)
+    not_after: dt.datetime
+
+
+@runtime_checkable
+class IssuesClients(Protocol):
+    """A backend that issues client credentials itself (OpenVPN: the CA key stays here)."""
+
+    async def issue_client(self, common_name: str, valid_days: int) -> IssuedClient:
+        """Issue (or re-issue) a certificate for ``common_name``; InvalidStateError for a
+        bad name."""
 
 
 @runtime_checkable

@@ -8,7 +8,14 @@ from pathlib import Path
 
 from node_agent.backends.base import PublicParams, VpnBackend, WireGuardPublicParams
 from node_agent.backends.fake import FakeBackend
-from node_agent.config import AgentConfig, FakeConfig, WireGuardConfig
+from node_agent.config import (
+    AgentConfig,
+    FakeConfig,
+    OpenVpnConfig,
+    ThreeXuiConfig,
+    WireGuardConfig,
+    XrayConfig,
+)
 
 
 def build_backends(config: AgentConfig) -> dict[str, VpnBackend]:
@@ -18,6 +25,18 @@ def build_backends(config: AgentConfig) -> dict[str, VpnBackend]:
             backends[name] = FakeBackend(name, _fake_params(name, spec))
         elif isinstance(spec, WireGuardConfig):
             backends[name] = _wireguard(name, spec, config.state_dir)
+        elif isinstance(spec, OpenVpnConfig):
+            from node_agent.backends.openvpn.backend import OpenVpnBackend
+
+            backends[name] = OpenVpnBackend(name, spec, config.state_dir)
+        elif isinstance(spec, XrayConfig):
+            from node_agent.backends.xray.backend import XrayBackend
+
+            backends[name] = XrayBackend(name, spec, config.state_dir)
+        elif isinstance(spec, ThreeXuiConfig):
+            from node_agent.backends.threexui.backend import ThreeXuiBackend
+
+            backends[name] = ThreeXuiBackend(name, spec, config.state_dir)
     return backends
 
 

@@ -1,0 +1,1 @@
+"""openvpn backend."""

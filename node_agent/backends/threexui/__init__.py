@@ -1,0 +1,1 @@
+"""threexui backend."""
