@@ -14,6 +14,7 @@ from controller.crypto import DecryptionError, SecretBox
 from controller.db import migrate
 from controller.db.engine import create_engine, create_session_factory, ping
 from controller.db.uow import NodeEvents, UnitOfWorkFactory, make_uow_factory
+from controller.nodes.issuer import NodeIssuer
 from controller.services import Services, build_services
 from controller.settings import Settings, SettingsError, load_master_key
 
@@ -106,7 +107,11 @@ async def open_container(
             session_factory=session_factory,
             uow_factory=uow_factory,
             services=build_services(
-                uow_factory, secrets=secrets, enrollment=settings.enrollment, vpn=settings.vpn
+                uow_factory,
+                secrets=secrets,
+                enrollment=settings.enrollment,
+                vpn=settings.vpn,
+                issuer=NodeIssuer(uow_factory, secrets),
             ),
             secrets=secrets,
             events=events,

@@ -15,6 +15,7 @@ from grpc_health.v1.health import aio as health_aio
 
 from node_agent import convert
 from node_agent.agent import Agent, ApplyOutcome
+from node_agent.backends.base import IssuesClients
 from node_agent.errors import (
     AgentError,
     BackendError,
@@ -33,6 +34,8 @@ log = structlog.get_logger("node_agent")
 CAPABILITIES = ("apply_state", "apply_delta", "usage_ledger", "metrics_stream")
 DEFAULT_STREAM_INTERVAL = 10
 CONTROLLER_REQUIRED = "the controller identity is required"
+DEFAULT_CLIENT_DAYS = 3650
+MAX_CLIENT_DAYS = 3650
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a full state of 10k+ peers is several MB
 
 Context = grpc.aio.ServicerContext[object, object]
@@ -201,7 +204,24 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
         self, request: pb.IssueOpenVpnClientRequest, context: Context
     ) -> pb.IssueOpenVpnClientResponse:
         async def run() -> pb.IssueOpenVpnClientResponse:
-            raise NotSupportedError("this agent runs no OpenVPN backend")
+            backend = self.agent.backends.get(request.backend)
+            if backend is None:
+                raise InvalidStateError(f"unknown backend {request.backend!r}")
+            if not isinstance(backend, IssuesClients):
+                raise NotSupportedError(f"backend {request.backend!r} does not issue clients")
+            days = request.valid_days or DEFAULT_CLIENT_DAYS
+            if not 1 <= days <= MAX_CLIENT_DAYS:
+                raise InvalidStateError(f"valid_days must be 1..{MAX_CLIENT_DAYS}")
+            issued = await backend.issue_client(request.common_name, days)
+            log.info(
+                "openvpn client issued", backend=request.backend, common_name=issued.common_name
+            )
+            return pb.IssueOpenVpnClientResponse(
+                common_name=issued.common_name,
+                certificate_pem=issued.certificate_pem,
+                profile=issued.profile,
+                not_after=convert.timestamp(issued.not_after),
+            )
 
         return await _guard(context, run)
 

@@ -284,13 +284,15 @@ def config_group() -> None:
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
-    help="Write the config here ('-' for stdout).",
+    help="Write the config here ('-' for stdout): a WireGuard .conf, an OpenVPN .ovpn, "
+    "or the vless:// share link.",
 )
 @click.option(
     "--qr",
     "qr_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write a QR code (PNG).",
+    help="Also write a QR code (PNG) of the config (WireGuard, VLESS; an OpenVPN profile "
+    "is too large for one).",
 )
 @click.option(
     "--config",
@@ -312,6 +314,8 @@ def config_export(
     have none (as the bot does when a client picks a protocol)."""
     if config_id is not None and protocol is not None:
         raise click.UsageError("give --config or --protocol, not both")
+    if qr_path is not None and protocol == VpnProtocol.OPENVPN.value:
+        raise click.UsageError("an OpenVPN profile does not fit a QR code: import the .ovpn file")
 
     async def action(c: Container) -> RenderedConfig:
         if config_id is not None:
@@ -325,6 +329,12 @@ def config_export(
         click.echo(rendered.text, nl=False)
     else:
         _write_private(out, rendered.text.encode())
+    if qr_path is not None and rendered.protocol is VpnProtocol.OPENVPN:
+        click.echo(
+            "vpnbot: no QR code: an OpenVPN profile does not fit one (import the .ovpn file)",
+            err=True,
+        )
+        qr_path = None
     if qr_path is not None:
         _write_private(qr_path, qr.png(rendered.text))
     if str(out) != "-":

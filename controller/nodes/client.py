@@ -119,6 +119,14 @@ class NodeClient:
         request = pb.AckUsageRequest(cursor=cursor, ledger_id=ledger_id)
         return await self._unary(self.stub.AckUsage, request)
 
+    async def issue_openvpn_client(
+        self, backend: str, common_name: str, valid_days: int = 0
+    ) -> pb.IssueOpenVpnClientResponse:
+        request = pb.IssueOpenVpnClientRequest(
+            backend=backend, common_name=common_name, valid_days=valid_days
+        )
+        return await self._unary(self.stub.IssueOpenVpnClient, request)
+
     async def metrics(self) -> pb.HostMetrics:
         return await self._unary(self.stub.GetMetrics, pb.GetMetricsRequest())
 

@@ -72,6 +72,12 @@ def backends_of(server_params: dict[VpnProtocol, dict[str, Any] | None]) -> dict
 MAX_COUNTER = 2**62
 MAX_REVISION = 2**62
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+# What goes verbatim into a client's share link: X25519 keys in base64url (43 characters),
+# short ids of 0-16 hex digits, DNS names, uTLS fingerprint names.
+_REALITY_KEY = re.compile(r"^[A-Za-z0-9_-]{43}$")
+_SHORT_ID = re.compile(r"^(?:[0-9a-f]{2}){0,8}$")
+_SERVER_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
+_FINGERPRINT = re.compile(r"^[a-z0-9_]{1,32}$")
 
 
 def _wg_key(value: str) -> bool:
@@ -126,16 +132,24 @@ def _params(backend: pb.BackendInfo) -> tuple[str, dict[str, Any]] | None:
         }
     if which == "reality":
         reality = backend.reality
-        if not 1 <= reality.port <= 65535:
+        server_names = [n for n in list(reality.server_names)[:16] if _SERVER_NAME.fullmatch(n)]
+        if not (
+            1 <= reality.port <= 65535
+            and _REALITY_KEY.fullmatch(reality.public_key)
+            and server_names
+            and all(_SHORT_ID.fullmatch(i) for i in reality.short_ids)
+            and reality.flow in ("", "xtls-rprx-vision")
+            and _FINGERPRINT.fullmatch(reality.fingerprint or "chrome")
+        ):
             return None
         return "vless", {
             "backend": backend.name,
             "port": reality.port,
-            "public_key": _text(reality.public_key, 64),
-            "short_ids": [_text(i, 32) for i in list(reality.short_ids)[:16]],
-            "server_names": [_text(n, 253) for n in list(reality.server_names)[:16]],
-            "flow": _text(reality.flow, 32),
-            "fingerprint": _text(reality.fingerprint, 32),
+            "public_key": reality.public_key,
+            "short_ids": list(reality.short_ids)[:16],
+            "server_names": server_names,
+            "flow": reality.flow,
+            "fingerprint": reality.fingerprint or "chrome",
         }
     return None
 
@@ -216,7 +230,7 @@ class HubStore:
                     s.id,
                     s.name,
                     s.node_uid,
-                    _target(s.ip_address, s.grpc_port),
+                    grpc_target(s.ip_address, s.grpc_port),
                     s.desired_revision,
                 )
                 for s in servers
@@ -496,5 +510,5 @@ def _percent(used: int, total: int) -> float:
     return round(100.0 * used / total, 2) if total else 0.0
 
 
-def _target(host: str, port: int) -> str:
+def grpc_target(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

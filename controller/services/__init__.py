@@ -9,7 +9,7 @@ from controller.crypto import SecretBox
 from controller.db.base import utcnow
 from controller.db.uow import UnitOfWorkFactory
 from controller.services.base import Actor, Clock
-from controller.services.configs import ConfigService
+from controller.services.configs import ConfigService, ProfileIssuer
 from controller.services.nodes import NodeService
 from controller.services.plans import PlanService
 from controller.services.promo import PromoService
@@ -35,6 +35,7 @@ def build_services(
     secrets: SecretBox | None = None,
     enrollment: EnrollmentSettings | None = None,
     vpn: VpnSettings | None = None,
+    issuer: ProfileIssuer | None = None,
 ) -> Services:
     # Without a master key (unit tests) secrets are sealed under a throwaway key.
     box = secrets if secrets is not None else SecretBox(os.urandom(32))
@@ -44,7 +45,7 @@ def build_services(
         subscriptions=SubscriptionService(uow_factory, clock),
         promo=PromoService(uow_factory, clock),
         nodes=NodeService(uow_factory, clock, box, enrollment or EnrollmentSettings()),
-        configs=ConfigService(uow_factory, clock, box, vpn or VpnSettings()),
+        configs=ConfigService(uow_factory, clock, box, vpn or VpnSettings(), issuer),
     )
 
 

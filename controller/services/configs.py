@@ -6,10 +6,14 @@ it to the agent right after the commit.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
+import secrets
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from controller.crypto import SecretBox
 from controller.db.models import Server, Subscription, User, VpnConfig
@@ -28,12 +32,21 @@ from controller.domain.errors import (
 )
 from controller.services.base import Clock, Service
 from controller.settings import VpnSettings
-from controller.vpn import wireguard
+from controller.vpn import vless, wireguard
 
 MAX_DEVICE_NAME = 64
-# Protocols this controller can place configs of (OpenVPN and VLESS arrive with their
-# backends).
-PROVISIONED = frozenset({VpnProtocol.WIREGUARD})
+# Protocols this controller can place configs of.
+PROVISIONED = frozenset({VpnProtocol.WIREGUARD, VpnProtocol.OPENVPN, VpnProtocol.VLESS})
+VLESS_FLOWS = frozenset({"", "xtls-rprx-vision"})
+
+
+class ProfileIssuer(Protocol):
+    """What only a node can make: an OpenVPN client certificate from the node's own CA."""
+
+    async def issue_openvpn(
+        self, *, node_id: str, host: str, port: int, backend: str, common_name: str
+    ) -> str:
+        """The node's inline profile for ``common_name`` (without `remote` lines)."""
 
 
 def _capacity(server: Server) -> int:
@@ -81,11 +94,20 @@ class RenderedConfig:
 
 class ConfigService(Service):
     def __init__(
-        self, uow_factory: UnitOfWorkFactory, clock: Clock, box: SecretBox, vpn: VpnSettings
+        self,
+        uow_factory: UnitOfWorkFactory,
+        clock: Clock,
+        box: SecretBox,
+        vpn: VpnSettings,
+        issuer: ProfileIssuer | None = None,
     ) -> None:
         super().__init__(uow_factory, clock)
         self._box = box
         self._vpn = vpn
+        self._issuer = issuer
+        # One issuance per config at a time: the node revokes a CN's previous certificate
+        # when it issues a new one, so two racing exports would break each other's profile.
+        self._issuing: dict[int, asyncio.Lock] = {}
 
     async def provision(
         self,
@@ -135,18 +157,17 @@ class ConfigService(Service):
                 raise ConfigNotFound(f"no config with id {config_id}")
             server = await uow.nodes.get(config.server_id)
             assert server is not None
-            if config.protocol is not VpnProtocol.WIREGUARD:
-                raise Unavailable(f"{config.protocol.value} configs cannot be exported yet")
-            text = self._render_wireguard(config, server)
-            name = config.device_name or f"wg-{config.id}"
-            return RenderedConfig(
-                config.id,
-                config.protocol,
-                server.name,
-                name,
-                f"{_safe_filename(server.name)}-{config.id}.conf",
-                text,
-            )
+        name = config.device_name or f"{config.protocol.value}-{config.id}"
+        stem = f"{_safe_filename(server.name)}-{config.id}"
+        if config.protocol is VpnProtocol.WIREGUARD:
+            text, filename = self._render_wireguard(config, server), f"{stem}.conf"
+        elif config.protocol is VpnProtocol.OPENVPN:
+            text, filename = await self._render_openvpn(config, server), f"{stem}.ovpn"
+        elif config.protocol is VpnProtocol.VLESS:
+            text, filename = self._render_vless(config, server, name), f"{stem}.txt"
+        else:
+            raise Unavailable(f"{config.protocol.value} configs cannot be exported")
+        return RenderedConfig(config.id, config.protocol, server.name, name, filename, text)
 
     async def list_for_user(self, telegram_id: int) -> Sequence[VpnConfig]:
         async with self._uow() as uow:
@@ -162,14 +183,22 @@ class ConfigService(Service):
         """New keys for a device (the old ones stop working once the node converges)."""
         async with self._uow() as uow:
             config = await self._owned(uow, config_id, owner_user_id)
-            if config.protocol is not VpnProtocol.WIREGUARD:
-                raise Unavailable(f"{config.protocol.value} configs cannot be re-issued yet")
-            keys = wireguard.generate_keypair()
-            config.client_id = keys.public_key
-            config.secret_encrypted = self._seal(
-                config.id, keys.private_key, wireguard.generate_preshared_key()
-            )
-            config.config_data = {**config.config_data, "public_key": keys.public_key}
+            if config.protocol is VpnProtocol.WIREGUARD:
+                keys = wireguard.generate_keypair()
+                config.client_id = keys.public_key
+                config.secret_encrypted = self._seal(
+                    config.id, keys.private_key, wireguard.generate_preshared_key()
+                )
+                config.config_data = {**config.config_data, "public_key": keys.public_key}
+            elif config.protocol is VpnProtocol.OPENVPN:
+                # A new common name: the old certificate leaves the node's enabled set (and
+                # so lands in its CRL); the new profile is issued on the next export.
+                config.client_id = _common_name()
+                config.secret_encrypted = None
+            elif config.protocol is VpnProtocol.VLESS:
+                config.client_id = str(uuid.uuid4())
+            else:
+                raise Unavailable(f"{config.protocol.value} configs cannot be re-issued")
             await uow.touch_nodes([config.server_id])
             await uow.commit()
             return config
@@ -259,7 +288,7 @@ class ConfigService(Service):
             if server_id is not None:
                 server = next(s for s in servers if s.id == server_id)
                 name = (device_name or "").strip() or f"{candidate.value}-{len(existing) + 1}"
-                config = await self._new_wireguard(uow, subscription, server, name)
+                config = await self._new_config(uow, subscription, server, candidate, name)
                 if subscription.server_id is None:
                     subscription.server_id = server.id
                 subscription.active_protocol = candidate
@@ -267,6 +296,42 @@ class ConfigService(Service):
                 return config
         wanted = protocol.value if protocol is not None else "any protocol"
         raise NoServerAvailable(f"no healthy node with free capacity serves {wanted} now")
+
+    async def _new_config(
+        self,
+        uow: UnitOfWork,
+        subscription: Subscription,
+        server: Server,
+        protocol: VpnProtocol,
+        name: str,
+    ) -> VpnConfig:
+        if protocol is VpnProtocol.WIREGUARD:
+            return await self._new_wireguard(uow, subscription, server, name)
+        if protocol is VpnProtocol.OPENVPN:
+            # The certificate is issued by the node on first export: the CA key never
+            # leaves it, and a transaction must not wait on a network call.
+            return await uow.configs.add(
+                VpnConfig(
+                    subscription_id=subscription.id,
+                    server_id=server.id,
+                    protocol=protocol,
+                    client_id=_common_name(),
+                    device_name=name[:MAX_DEVICE_NAME],
+                    config_data={},
+                )
+            )
+        params = server.vless_config or {}
+        flow = params.get("flow") if params.get("flow") in VLESS_FLOWS else ""
+        return await uow.configs.add(
+            VpnConfig(
+                subscription_id=subscription.id,
+                server_id=server.id,
+                protocol=protocol,
+                client_id=str(uuid.uuid4()),
+                device_name=name[:MAX_DEVICE_NAME],
+                config_data={"flow": flow},
+            )
+        )
 
     async def _new_wireguard(
         self, uow: UnitOfWork, subscription: Subscription, server: Server, name: str
@@ -306,6 +371,69 @@ class ConfigService(Service):
     def open_secret(self, config: VpnConfig) -> dict[str, str | None]:
         return open_secret(self._box, config.id, config.secret_encrypted)
 
+    async def _render_openvpn(self, config: VpnConfig, server: Server) -> str:
+        params = server.openvpn_config or {}
+        if not params.get("backend") or not params.get("port"):
+            raise Unavailable(f"node {server.name} reports no OpenVPN server")
+        profile = await self._openvpn_profile(config, server, str(params["backend"]))
+        transport = "tcp" if params.get("transport") == "tcp" else "udp"
+        host = server.domain or server.ip_address
+        return (
+            f"# {config.device_name or 'OpenVPN'} @ {server.name} (vpnbot config {config.id})\n"
+            f"remote {host} {int(params['port'])} {transport}\n" + profile
+        )
+
+    async def _openvpn_profile(self, config: VpnConfig, server: Server, backend: str) -> str:
+        lock = self._issuing.setdefault(config.id, asyncio.Lock())
+        async with lock:
+            async with self._uow() as uow:
+                current = await uow.configs.get(config.id)
+                if current is None:
+                    raise ConfigNotFound(f"no config with id {config.id}")
+                stored = self.open_secret(current).get("profile")
+                common_name = current.client_id
+            if stored:
+                return stored
+            if self._issuer is None:
+                raise Unavailable("this controller cannot reach nodes to issue OpenVPN profiles")
+            profile = await self._issuer.issue_openvpn(
+                node_id=server.node_uid or "",
+                host=server.ip_address,
+                port=server.grpc_port,
+                backend=backend,
+                common_name=common_name,
+            )
+            async with self._uow() as uow:
+                current = await uow.configs.get(config.id, for_update=True)
+                if current is None or current.client_id != common_name:
+                    raise Unavailable("the config changed while its profile was issued; try again")
+                current.secret_encrypted = self._box.encrypt(
+                    json.dumps({"profile": profile}).encode(), secret_context(config.id)
+                )
+                await uow.commit()
+            self._issuing.pop(config.id, None)
+            return profile
+
+    def _render_vless(self, config: VpnConfig, server: Server, name: str) -> str:
+        params = server.vless_config or {}
+        short_ids = [i for i in params.get("short_ids") or [] if isinstance(i, str)]
+        server_names = [n for n in params.get("server_names") or [] if isinstance(n, str)]
+        if not params.get("public_key") or not server_names or not params.get("port"):
+            raise Unavailable(f"node {server.name} reports no complete Reality parameters")
+        flow = config.config_data.get("flow")
+        return vless.share_link(
+            uuid=config.client_id,
+            host=server.domain or server.ip_address,
+            port=int(params["port"]),
+            public_key=str(params["public_key"]),
+            # Spread clients over the node's short ids: one can be retired without all.
+            short_id=short_ids[config.id % len(short_ids)] if short_ids else "",
+            server_name=server_names[0],
+            fingerprint=str(params.get("fingerprint") or "chrome"),
+            flow=flow if isinstance(flow, str) and flow in VLESS_FLOWS else "",
+            name=f"{server.name} {name}",
+        )
+
     def _render_wireguard(self, config: VpnConfig, server: Server) -> str:
         params = server.wireguard_config or {}
         secret = self.open_secret(config)
@@ -333,6 +461,11 @@ def open_secret(box: SecretBox, config_id: int, blob: bytes | None) -> dict[str,
         return {}
     value = json.loads(box.decrypt(blob, secret_context(config_id)))
     return value if isinstance(value, dict) else {}
+
+
+def _common_name() -> str:
+    """A fresh OpenVPN certificate common name: opaque, unique, safe in any file name."""
+    return f"vpnbot-{secrets.token_hex(8)}"
 
 
 def _safe_filename(name: str) -> str:

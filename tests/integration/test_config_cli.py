@@ -107,7 +107,7 @@ def test_export_refusals_are_one_line(cli: Cli, tmp_path: Path) -> None:
     assert "no healthy node" in cli.fails("config", "export", "7770001", "--out", str(out))
     cli.ok("node", "add", "de-1", "--address", "198.51.100.2", "--protocols", "wireguard,vless")
     _node_reports_wireguard("de-1")
-    assert "vless configs cannot be provisioned yet" in cli.fails(
+    assert "no healthy node with free capacity serves vless" in cli.fails(
         "config", "export", "7770001", "--protocol", "vless", "--out", str(out)
     )
     assert not out.exists()

@@ -30,7 +30,6 @@ from controller.domain.errors import (
     NoActiveSubscription,
     NoServerAvailable,
     PlanNotFound,
-    Unavailable,
     UserBanned,
     UserNotFound,
 )
@@ -407,11 +406,15 @@ async def test_no_server_available_without_a_serving_node(world: World, scenario
     assert await world.revisions() == revisions
 
 
-async def test_only_wireguard_is_provisioned_in_this_issue(world: World) -> None:
+async def test_a_supported_protocol_the_agent_does_not_report_is_not_placed(
+    world: World,
+) -> None:
+    """The admin allows VLESS, but the agent runs no Reality backend: no VLESS there."""
     await world.node("nl-1", protocols=(VpnProtocol.WIREGUARD, VpnProtocol.VLESS))
     await world.grant(1)
-    with pytest.raises(Unavailable, match="vless configs cannot be provisioned yet"):
+    with pytest.raises(NoServerAvailable, match="serves vless"):
         await world.svc.configs.provision(1, VpnProtocol.VLESS)
+    assert await world.config_count() == 0
     config = await world.svc.configs.provision(1)
     assert config.protocol is VpnProtocol.WIREGUARD
 
