@@ -421,18 +421,21 @@ class ConfigService(Service):
         if not params.get("public_key") or not server_names or not params.get("port"):
             raise Unavailable(f"node {server.name} reports no complete Reality parameters")
         flow = config.config_data.get("flow")
-        return vless.share_link(
-            uuid=config.client_id,
-            host=server.domain or server.ip_address,
-            port=int(params["port"]),
-            public_key=str(params["public_key"]),
-            # Spread clients over the node's short ids: one can be retired without all.
-            short_id=short_ids[config.id % len(short_ids)] if short_ids else "",
-            server_name=server_names[0],
-            fingerprint=str(params.get("fingerprint") or "chrome"),
-            flow=flow if isinstance(flow, str) and flow in VLESS_FLOWS else "",
-            name=f"{server.name} {name}",
-        )
+        try:
+            return vless.share_link(
+                uuid=config.client_id,
+                host=server.domain or server.ip_address,
+                port=int(params["port"]),
+                public_key=str(params["public_key"]),
+                # Spread clients over the node's short ids: one can be retired without all.
+                short_id=short_ids[config.id % len(short_ids)] if short_ids else "",
+                server_name=server_names[0],
+                fingerprint=str(params.get("fingerprint") or "chrome"),
+                flow=flow if isinstance(flow, str) and flow in VLESS_FLOWS else "",
+                name=f"{server.name} {name}",
+            )
+        except ValueError as exc:
+            raise Unavailable(f"node {server.name}: cannot make a VLESS link ({exc})") from None
 
     def _render_wireguard(self, config: VpnConfig, server: Server) -> str:
         params = server.wireguard_config or {}
