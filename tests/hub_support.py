@@ -25,6 +25,7 @@ from controller.db.engine import create_session_factory
 from controller.db.models import Server
 from controller.db.uow import NodeEvents, UnitOfWorkFactory, make_uow_factory
 from controller.nodes.hub import Hub
+from controller.nodes.issuer import NodeIssuer
 from controller.services import Actor, Services, build_services
 from controller.services.nodes import NodeDraft
 from controller.settings import HubSettings
@@ -115,7 +116,9 @@ class ControllerHarness:
         uow_factory = make_uow_factory(create_session_factory(engine), events)
         box = SecretBox(os.urandom(32))
         clock = clock or FakeClock()
-        services = build_services(uow_factory, clock, secrets=box)
+        services = build_services(
+            uow_factory, clock, secrets=box, issuer=NodeIssuer(uow_factory, box)
+        )
         harness = cls(engine, tmp_path, clock, events, uow_factory, box, services, settings)
         if start_hub:
             harness.start_hub()
