@@ -96,9 +96,59 @@ class XrayConfig(_Strict):
 
 
 class ThreeXuiConfig(_Strict):
-    """An inbound of a 3X-UI panel on this host, driven over the panel's HTTP API."""
+    """An inbound of a 3X-UI panel on this host, driven over the panel's HTTP API.
+
+    ``url`` is the panel's address with its web base path (``https://127.0.0.1:2053/secret/``).
+    Credentials: ``username`` with ``password`` or ``password_file``, or an API token in
+    ``api_token_file`` (3X-UI 3.1+). ``two_factor_secret_file`` holds the base32 TOTP secret
+    when the panel has 2FA on. Files are read at every login, so rotating them needs no
+    restart. The agent manages only those clients of ``inbound_id`` whose email starts with
+    ``email_prefix``; give each backend on one panel its own prefix.
+    """
 
     type: Literal["threexui"]
+    url: str
+    username: str = ""
+    password: str | None = Field(None, repr=False)
+    password_file: Path | None = None
+    api_token_file: Path | None = None
+    two_factor_secret_file: Path | None = None
+    inbound_id: int = Field(ge=1)
+    api: Literal["auto", "inbounds", "clients"] = "auto"
+    verify_tls: bool = True
+    ca_file: Path | None = None
+    timeout: float = Field(10.0, gt=0, le=300)
+    email_prefix: str = Field("vpnbot-", min_length=1, max_length=32)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest or rest.startswith("/"):
+            raise ValueError("use http(s)://HOST[:PORT][/BASE_PATH/], the panel's own address")
+        if any(ch in rest for ch in "?#@") or any(ch.isspace() for ch in rest):
+            raise ValueError("the panel url takes no query, fragment, user info or spaces")
+        return value if value.endswith("/") else value + "/"
+
+    @field_validator("email_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        # What 3X-UI refuses in an email (and what would break the /clients/del/EMAIL path).
+        if any(ch in "/\\" or ch.isspace() or not ch.isprintable() for ch in value):
+            raise ValueError("the email prefix takes no spaces, '/', '\\' or control characters")
+        return value
+
+    def model_post_init(self, context: Any, /) -> None:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        has_password = self.password is not None or self.password_file is not None
+        if self.api_token_file is not None:
+            if has_password or self.username:
+                raise ValueError("give api_token_file, or username and password; not both")
+        elif not self.username or not has_password:
+            raise ValueError("give username with password or password_file, or api_token_file")
+        if not self.verify_tls and self.ca_file is not None:
+            raise ValueError("ca_file has no effect with verify_tls = false")
 
 
 BackendConfig = Annotated[
