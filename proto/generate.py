@@ -5,12 +5,16 @@
 
 Stubs are produced by ``grpcio-tools`` (messages, services) and ``mypy-protobuf`` (type
 stubs for both); their versions are pinned in the ``dev`` extras so the output is stable.
+Every .proto under proto/ is compiled: ``nodeapi/v1`` (our contract, with its service) and
+``xrayapi`` (messages only: the Xray API client builds its method paths at run time). gRPC
+stubs are made only for files that declare a service; the others would be empty modules.
 """
 
 from __future__ import annotations
 
 import argparse
 import filecmp
+import re
 import shutil
 import sys
 import tempfile
@@ -20,10 +24,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
+_SERVICE = re.compile(r"^\s*service\s+\w+", re.MULTILINE)
 
 
 def proto_files() -> list[Path]:
     return sorted(PROTO_DIR.rglob("*.proto"))
+
+
+def has_service(path: Path) -> bool:
+    return bool(_SERVICE.search(path.read_text()))
 
 
 def generated_files(base: Path) -> list[Path]:
@@ -43,21 +52,21 @@ def generate(out_dir: Path) -> None:
     from grpc_tools import protoc  # dev dependency, imported only here
 
     include = resources.files("grpc_tools") / "_proto"
-    files = [str(p.relative_to(ROOT)) for p in proto_files()]
-    args = [
+    protos = proto_files()
+    common = [
         "grpc_tools.protoc",
         f"--proto_path={ROOT}",
         f"--proto_path={include}",
         f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
         f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
-        f"--python_out={out_dir}",
-        f"--grpc_python_out={out_dir}",
-        f"--mypy_out={out_dir}",
-        f"--mypy_grpc_out={out_dir}",
-        *files,
     ]
-    if protoc.main(args) != 0:
-        raise SystemExit("protoc failed")
+    messages = [f"--python_out={out_dir}", f"--mypy_out={out_dir}"]
+    services = [f"--grpc_python_out={out_dir}", f"--mypy_grpc_out={out_dir}"]
+    with_service = [str(p.relative_to(ROOT)) for p in protos if has_service(p)]
+    without = [str(p.relative_to(ROOT)) for p in protos if not has_service(p)]
+    for outputs, files in ((messages + services, with_service), (messages, without)):
+        if files and protoc.main([*common, *outputs, *files]) != 0:
+            raise SystemExit("protoc failed")
 
 
 def main(argv: list[str] | None = None) -> int:
