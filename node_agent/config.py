@@ -90,9 +90,145 @@ class OpenVpnConfig(_Strict):
 
 
 class XrayConfig(_Strict):
-    """A VLESS inbound (Reality) of an Xray core, driven over Xray's gRPC API."""
+    """A VLESS inbound (Reality) of an Xray core, driven over Xray's gRPC API.
+
+        [backends.vless]
+        type = "xray"
+        port = 443
+        server_names = ["www.example.com"]   # what clients put in SNI (Reality: required)
+        dest = "www.example.com:443"         # the real site unauthenticated probes reach
+        # api = "127.0.0.1:10085"            # the core's API (dokodemo-door inbound "api")
+        # api_prefix = "xray."               # "v2ray.core." for v2ray 4.x
+        # command = ["xray", "run", "-c", "{config}"]  # unset: systemd runs the core
+
+    The agent writes the core's whole config to ``config_path`` (default
+    ``STATE_DIR/xray-NAME.json``, mode 0600: it holds the Reality private key, so the core
+    runs as the agent's user); point the core (or its unit) at that file. ``flow``
+    defaults to ``xtls-rprx-vision`` with Reality and to "" (none) with ``security = "none"``
+    (plain VLESS over TCP, e.g. for v2ray, which has no Reality).
+    """
 
     type: Literal["xray"]
+    api: str = "127.0.0.1:10085"
+    api_prefix: Literal["xray.", "v2ray.core."] = "xray."
+    api_timeout: float = Field(5.0, gt=0, le=120)
+    inbound_tag: str = "vless-reality"
+    listen: str = "0.0.0.0"  # noqa: S104 - the VLESS inbound serves the internet
+    port: int = Field(443, ge=1, le=65535)
+    security: Literal["reality", "none"] = "reality"
+    server_names: list[str] = Field(default_factory=list, validate_default=True)
+    dest: str | None = Field(None, validate_default=True)
+    short_id_count: int = Field(2, ge=1, le=8)
+    fingerprint: Literal[
+        "chrome", "firefox", "safari", "ios", "android", "edge", "360", "qq", "random", "randomized"
+    ] = "chrome"
+    flow: Literal["", "xtls-rprx-vision"] | None = Field(None, validate_default=True)
+    config_path: Path | None = None
+    command: list[str] | None = None
+    start_timeout: float = Field(15.0, gt=0, le=300)
+    blocked_networks: list[str] = Field(
+        default_factory=lambda: [
+            "0.0.0.0/8",
+            "10.0.0.0/8",
+            "100.64.0.0/10",
+            "127.0.0.0/8",
+            "169.254.0.0/16",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "::1/128",
+            "fc00::/7",
+            "fe80::/10",
+        ]
+    )
+
+    @field_validator("api")
+    @classmethod
+    def _api(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        try:
+            ipaddress.ip_address(bare)
+        except ValueError:
+            bare = ""
+        if not sep or not bare or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError("use IP:PORT, e.g. 127.0.0.1:10085 or [::1]:10085")
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_ip(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError("an IP address, e.g. 0.0.0.0 or ::") from None
+        return value
+
+    @field_validator("inbound_tag")
+    @classmethod
+    def _tag(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value) or value == "api":
+            raise ValueError("1..64 letters, digits, '_', '.' or '-', and not 'api'")
+        return value
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, value: int, info: Any) -> int:
+        api = info.data.get("api")
+        if api is not None and api.rpartition(":")[2] == str(value):
+            raise ValueError(f"the VLESS inbound and the API ({api}) need different ports")
+        return value
+
+    @field_validator("server_names")
+    @classmethod
+    def _server_names(cls, value: list[str], info: Any) -> list[str]:
+        label = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+        for name in value:
+            if len(name) > 253 or not re.fullmatch(rf"({label}\.)*{label}", name):
+                raise ValueError(f"{name!r} is not a lowercase host name")
+        if len(set(value)) != len(value):
+            raise ValueError("server names must be distinct")
+        if not value and info.data.get("security") == "reality":
+            raise ValueError('security = "reality" needs at least one server name')
+        return value
+
+    @field_validator("dest")
+    @classmethod
+    def _dest(cls, value: str | None, info: Any) -> str | None:
+        if value is None:
+            if info.data.get("security") == "reality":
+                raise ValueError('security = "reality" needs dest = "HOST:PORT"')
+            return None
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError("use HOST:PORT of the site Reality imitates, e.g. example.com:443")
+        return value
+
+    @field_validator("flow")
+    @classmethod
+    def _flow(cls, value: str | None, info: Any) -> str:
+        security = info.data.get("security", "reality")
+        if value is None:
+            return "xtls-rprx-vision" if security == "reality" else ""
+        if value and security != "reality":
+            raise ValueError(f'flow {value!r} needs security = "reality"; use flow = ""')
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or not all(a and "\0" not in a for a in value)):
+            raise ValueError('a non-empty argv list, e.g. ["xray", "run", "-c", "{config}"]')
+        return value
+
+    @field_validator("blocked_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for text in value:
+            try:
+                ipaddress.ip_network(text)
+            except ValueError:
+                raise ValueError(f"{text!r} is not a network, e.g. 10.0.0.0/8") from None
+        return value
 
 
 class ThreeXuiConfig(_Strict):
