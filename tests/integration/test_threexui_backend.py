@@ -375,12 +375,12 @@ async def test_a_failing_panel_is_a_backend_error_and_a_retry_converges(
 async def test_a_timed_out_change_that_landed_anyway_is_adopted_not_repeated(
     panel: FakePanel, inbound: int, make: BackendFactory
 ) -> None:
-    backend = make(inbound, timeout=0.3)
+    backend = make(inbound, timeout=1.0)
     await backend.apply([vless("a", 1)])
     write = "addClient" if panel.generation == "inbounds" else "clients/add"
-    panel.fail_next("slow", path=write, delay=1.0)
+    panel.fail_next("slow", path=write, delay=2.0)
 
-    with pytest.raises(BackendError, match=r"did not answer within 0.3 s"):
+    with pytest.raises(BackendError, match=r"did not answer within 1 s"):
         await backend.apply_changes([vless("b", 2)], [])
     await eventually(lambda: email(2) in panel.emails(inbound))  # the slow panel did it
 
