@@ -275,3 +275,24 @@ async def test_the_wrong_api_prefix_is_named(make: Make, v2ray: None) -> None:
     wrong = make(api_prefix="xray.", command=None)
     with pytest.raises(BackendError, match=r"API prefix 'xray\.'"):
         await wrong.start()
+
+
+def test_the_registry_builds_it_from_the_agent_config(tmp_path: Path) -> None:
+    from node_agent.backends.registry import build_backends
+    from node_agent.config import AgentConfig
+
+    config = AgentConfig.model_validate(
+        {
+            "state_dir": str(tmp_path),
+            "backends": {
+                "vless": {
+                    "type": "xray",
+                    "server_names": ["www.example.com"],
+                    "dest": "www.example.com:443",
+                }
+            },
+        }
+    )
+    (backend,) = build_backends(config).values()
+    assert isinstance(backend, XrayBackend) and backend.kind == "xray"
+    assert backend.config_path == tmp_path / "xray-vless.json"
