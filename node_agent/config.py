@@ -84,9 +84,92 @@ class FakeConfig(_Strict):
 
 
 class OpenVpnConfig(_Strict):
-    """An OpenVPN server the agent runs, with its own PKI (the CA key never leaves the node)."""
+    """An OpenVPN server the agent runs, with its own PKI (the CA key never leaves the node).
+
+    [backends.openvpn]
+    type = "openvpn"
+    port = 1194
+    transport = "udp"                 # or "tcp"
+    interface = "ovpn0"
+    subnet = "10.9.0.0/24"            # the server takes the first address, clients the rest
+    push_redirect_gateway = true      # send all of a client's traffic through the tunnel
+    push_dns = ["1.1.1.1"]
+    client_valid_days = 3650          # the longest a client certificate is issued for
+    keepalive = [10, 60]              # ping every 10 s, drop a client silent for 60 s
+    openvpn = "openvpn"               # the program
+    command_prefix = []               # run it through e.g. ["ip", "netns", "exec", "vpn"]
+    # management_socket = "/run/vpn-node-agent/openvpn.sock"  # default: in the state dir
+    """
 
     type: Literal["openvpn"]
+    port: int = Field(1194, ge=1, le=65535)
+    transport: Literal["udp", "tcp"] = "udp"
+    interface: str = "ovpn0"
+    subnet: str = "10.9.0.0/24"
+    push_redirect_gateway: bool = True
+    push_dns: list[str] = []
+    client_valid_days: int = Field(3650, ge=1, le=3650)
+    keepalive: tuple[int, int] = (10, 60)
+    openvpn: str = "openvpn"
+    command_prefix: list[str] = []
+    management_socket: Path | None = None
+    start_timeout: float = Field(15.0, ge=1, le=300)
+
+    @field_validator("interface")
+    @classmethod
+    def _ovpn_ifname(cls, value: str) -> str:
+        if not _IFNAME.fullmatch(value):
+            raise ValueError("an interface name is 1..15 letters, digits, '_', '.' or '-'")
+        return value
+
+    @field_validator("subnet")
+    @classmethod
+    def _ovpn_subnet(cls, value: str) -> str:
+        try:
+            network = ipaddress.IPv4Network(value)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not an IPv4 network with its prefix, e.g. 10.9.0.0/24 "
+                "(host bits must be zero)"
+            ) from None
+        if not 8 <= network.prefixlen <= 29:
+            raise ValueError(f"{value!r}: the prefix must be /8../29 to leave room for clients")
+        return str(network)
+
+    @field_validator("push_dns")
+    @classmethod
+    def _ovpn_dns(cls, value: list[str]) -> list[str]:
+        for text in value:
+            try:
+                ipaddress.ip_address(text)
+            except ValueError:
+                raise ValueError(f"{text!r} is not an IP address") from None
+        return value
+
+    @field_validator("keepalive")
+    @classmethod
+    def _ovpn_keepalive(cls, value: tuple[int, int]) -> tuple[int, int]:
+        interval, timeout = value
+        if not 1 <= interval <= 3600 or not 2 * interval <= timeout <= 86400:
+            raise ValueError(
+                "keepalive is [interval, timeout] in seconds: interval 1..3600 and a timeout "
+                "at least twice the interval"
+            )
+        return value
+
+    @field_validator("openvpn")
+    @classmethod
+    def _ovpn_program(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("name the openvpn program (a name on PATH or a path)")
+        return value
+
+    @field_validator("command_prefix")
+    @classmethod
+    def _ovpn_prefix(cls, value: list[str]) -> list[str]:
+        if any(not part for part in value):
+            raise ValueError("command_prefix entries must not be empty")
+        return value
 
 
 class XrayConfig(_Strict):
