@@ -22,7 +22,6 @@ import datetime as dt
 import json
 import os
 import re
-import secrets
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from node_agent.backends.openvpn.statickey import (
+    generate_static_key,
+    parse_static_key,
+)
 from node_agent.errors import ConfigError, InvalidStateError
 from node_agent.files import write_atomic
 
@@ -46,9 +49,6 @@ MAX_CLIENT_DAYS = 3650
 CRL_DAYS = 2 * 365
 CRL_REFRESH_BEFORE = dt.timedelta(days=365)
 _BACKDATE = dt.timedelta(minutes=5)  # tolerate a client clock a little behind ours
-TLS_CRYPT_BITS = 2048
-_STATIC_KEY_BEGIN = "-----BEGIN OpenVPN Static key V1-----"
-_STATIC_KEY_END = "-----END OpenVPN Static key V1-----"
 
 
 def check_common_name(common_name: str, what: str = "common name") -> None:
@@ -78,43 +78,19 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def format_static_key(raw: bytes) -> str:
-    """OpenVPN's static key file (what ``openvpn --genkey secret`` writes) for ``raw``."""
-    if len(raw) != TLS_CRYPT_BITS // 8:
-        raise ValueError(f"a static key is {TLS_CRYPT_BITS // 8} bytes")
-    hexed = raw.hex()
-    lines = [hexed[i : i + 32] for i in range(0, len(hexed), 32)]
-    return "\n".join(
-        [
-            "#",
-            f"# {TLS_CRYPT_BITS} bit OpenVPN static key",
-            "#",
-            _STATIC_KEY_BEGIN,
-            *lines,
-            _STATIC_KEY_END,
-            "",
-        ]
+def _key_usage(**flags: bool) -> x509.KeyUsage:
+    names = (
+        "digital_signature",
+        "content_commitment",
+        "key_encipherment",
+        "data_encipherment",
+        "key_agreement",
+        "key_cert_sign",
+        "crl_sign",
+        "encipher_only",
+        "decipher_only",
     )
-
-
-def parse_static_key(text: str) -> bytes:
-    """The raw bytes of an OpenVPN static key file; ValueError when it is not one."""
-    body: list[str] = []
-    inside = False
-    for line in text.splitlines():
-        line = line.strip()
-        if line == _STATIC_KEY_BEGIN:
-            inside = True
-        elif line == _STATIC_KEY_END:
-            if not inside:
-                break
-            raw = bytes.fromhex("".join(body))
-            if len(raw) != TLS_CRYPT_BITS // 8:
-                raise ValueError(f"static key has {len(raw)} bytes, not {TLS_CRYPT_BITS // 8}")
-            return raw
-        elif inside:
-            body.append(line)
-    raise ValueError("not an OpenVPN static key (no BEGIN/END block)")
+    return x509.KeyUsage(**{name: flags.get(name, False) for name in names})
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,17 +210,7 @@ class NodePki:
             .not_valid_after(now + dt.timedelta(days=CA_DAYS))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
+                _key_usage(key_cert_sign=True, crl_sign=True),
                 critical=True,
             )
             .add_extension(ski, critical=False)
@@ -265,7 +231,7 @@ class NodePki:
                 raise ConfigError(f"{self.tls_crypt_path}: {exc}") from None
             self.tls_crypt_key = text
             return
-        text = format_static_key(secrets.token_bytes(TLS_CRYPT_BITS // 8))
+        text = generate_static_key()
         write_atomic(self.tls_crypt_path, text.encode(), mode=0o600)
         self.tls_crypt_key = text
 
@@ -307,17 +273,7 @@ class NodePki:
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=True,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
+                _key_usage(digital_signature=True, key_agreement=True),
                 critical=True,
             )
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
