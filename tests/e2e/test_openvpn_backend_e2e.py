@@ -27,11 +27,14 @@ from node_agent.backends.openvpn.backend import OpenVpnBackend
 from node_agent.config import OpenVpnConfig
 from node_agent.ledger import UsageLedger
 from node_agent.model import Client, OpenVpnClient
+from proto.nodeapi.v1 import node_agent_pb2 as pb
+from tests.agent_support import Cluster, running_agent
 from tests.conftest import need
 from tests.e2e.netns import Host, Lab, require_lab
 
 SERVER_TUNNEL = "10.93.0.1"
 BACKEND = "ovpn"
+NODE_ID = "node-ovpn-e2e"
 
 
 @pytest.fixture
@@ -229,4 +232,79 @@ async def test_supervision_adopt_restart_and_recover(lab: Lab, tmp_path: Path) -
         assert status.health is Health.OK, status.reason
         assert changed.process.pid() not in (None, new_pid)
     finally:
+        await backend.process.stop()
+
+
+def enabled(*clients: tuple[str, str]) -> pb.DesiredState:
+    return pb.DesiredState(
+        backends=[
+            pb.BackendState(
+                name=BACKEND,
+                clients=[
+                    pb.Client(id=cid, openvpn=pb.OpenVpnClient(common_name=cn))
+                    for cid, cn in clients
+                ],
+            )
+        ]
+    )
+
+
+async def test_through_the_agent_and_its_grpc_api(lab: Lab, tmp_path: Path) -> None:
+    """What the controller does: issue over gRPC, enable by desired state, read usage from
+    the ledger, suspend by a delta; and the agent's reconcile restarts a dead server."""
+    port = random.randint(40000, 49999)
+    state_dir = tmp_path / "s"
+    cluster = Cluster.create()
+    cluster.enroll(state_dir, NODE_ID)
+    backend = OpenVpnBackend(BACKEND, spec_for(lab, port), state_dir)
+    client = VpnClient(lab.client, tmp_path / "alice.ovpn", tmp_path / "client.log")
+    try:
+        async with (
+            running_agent(state_dir, {BACKEND: backend}) as running,
+            cluster.client(running.target, NODE_ID) as node,
+        ):
+            [info] = (await node.info()).backends
+            assert info.kind == pb.BACKEND_KIND_OPENVPN
+            assert info.status.health == pb.BACKEND_HEALTH_OK
+            assert (info.openvpn.port, info.openvpn.transport) == (port, "udp")
+            assert info.openvpn.ca_certificate_pem == backend.pki.ca_certificate_pem
+
+            issued = await node.issue_openvpn_client(BACKEND, "alice", 30)
+            assert issued.common_name == "alice"
+            await node.apply_state(1, enabled(("client-1", "alice")))
+            write_profile(client.profile, issued.profile, port)
+            client.start()
+            await ping(lab.client, SERVER_TUNNEL, within=20)
+
+            await running.agent.sample_usage()
+            page = await node.read_usage()
+            [entry] = [e for e in page.entries if e.client_id == "client-1"]
+            assert entry.backend == BACKEND
+            assert entry.rx_bytes > 3000 and entry.tx_bytes > 3000
+
+            # Suspended: the session is gone as soon as the delta is answered.
+            await node.apply_delta(1, 2, [pb.BackendDelta(name=BACKEND, remove=["client-1"])])
+            assert await backend.management.sessions() == []
+
+            async def refused() -> bool:
+                return "certificate revoked" in backend.paths.log.read_text(errors="replace")
+
+            await eventually(refused, within=20, what="the server to refuse the revoked client")
+            client.stop()
+
+            # The server dies: the agent reports it DOWN, and its reconcile brings it back.
+            pid = backend.process.pid()
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+
+            async def down() -> bool:
+                [now] = (await node.info()).backends
+                return now.status.health == pb.BACKEND_HEALTH_DOWN
+
+            await eventually(down, within=10, what="the agent to report openvpn DOWN")
+            await running.agent.reconcile()
+            [info] = (await node.info()).backends
+            assert info.status.health == pb.BACKEND_HEALTH_OK, info.status.reason
+    finally:
+        client.stop()
         await backend.process.stop()
