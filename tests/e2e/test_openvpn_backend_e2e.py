@@ -101,9 +101,9 @@ async def ping(host: Host, address: str, *, within: float, count: int = 3) -> No
     assert await asyncio.to_thread(host.ping, address, count=count, size=1000)
 
 
-def write_profile(path: Path, profile: str, port: int) -> Path:
+def write_profile(path: Path, profile: str, port: int, transport: str = "udp") -> Path:
     # What the controller does with the profile: the node's address in front.
-    path.write_text(f"remote 10.99.0.1 {port} udp\n{profile}")
+    path.write_text(f"remote 10.99.0.1 {port} {transport}\n{profile}")
     return path
 
 
@@ -190,6 +190,24 @@ async def test_issue_connect_count_revoke_and_readd(lab: Lab, tmp_path: Path) ->
     finally:
         client.stop()
         ledger.close()
+        await backend.process.stop()
+
+
+async def test_tcp_transport(lab: Lab, tmp_path: Path) -> None:
+    port = random.randint(50000, 59999)
+    backend = OpenVpnBackend(BACKEND, spec_for(lab, port, transport="tcp"), tmp_path / "s")
+    client = VpnClient(lab.client, tmp_path / "bob.ovpn", tmp_path / "client.log")
+    try:
+        await backend.start()
+        await backend.apply([Client("client-2", OpenVpnClient("bob"))])
+        issued = await backend.issue_client("bob", 1)
+        assert "proto tcp" in issued.profile.splitlines()
+        write_profile(client.profile, issued.profile, port, "tcp")
+        client.start()
+        await ping(lab.client, SERVER_TUNNEL, within=20)
+        assert (await backend.usage()).counters["client-2"].rx_bytes > 3000
+    finally:
+        client.stop()
         await backend.process.stop()
 
 

@@ -58,6 +58,7 @@ def test_the_server_config_has_every_directive_the_backend_relies_on() -> None:
         "management /var/lib/agent/openvpn-main/management.sock unix",
         "client-disconnect /var/lib/agent/openvpn-main/client-disconnect.sh",
         "writepid /var/lib/agent/openvpn-main/openvpn.pid",
+        "log-append /var/lib/agent/openvpn-main/openvpn.log",
         "daemon openvpn-main",
         "explicit-exit-notify 1",
         'push "redirect-gateway def1 bypass-dhcp"',

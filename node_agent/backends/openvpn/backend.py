@@ -189,6 +189,7 @@ class OpenVpnBackend:
         async with self._lock:
             try:
                 digest = self._write_files()
+                self.process.rotate_log()
             except OSError as exc:
                 raise BackendError(f"{self.name}: cannot write the server files: {exc}") from None
             if await self.process.ready():

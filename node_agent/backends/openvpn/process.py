@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import time
 from collections.abc import Sequence
@@ -26,7 +27,9 @@ from node_agent.errors import BackendError
 log = structlog.get_logger("node_agent.openvpn")
 
 STOP_TIMEOUT = 10.0
+LOG_MAX_BYTES = 8 * 2**20  # openvpn.log is rotated (once, to .1) past this size
 _LOG_TAIL = 5
+_TAIL_BYTES = 8192
 
 
 def _alive(pid: int) -> bool:
@@ -81,10 +84,25 @@ class OpenVpnProcess:
 
     def log_tail(self, lines: int = _LOG_TAIL) -> str:
         try:
-            text = self.log_path.read_text(errors="replace")
+            with self.log_path.open("rb") as handle:
+                handle.seek(max(handle.seek(0, os.SEEK_END) - _TAIL_BYTES, 0))
+                text = handle.read().decode(errors="replace")
         except OSError:
             return ""
         return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
+
+    def rotate_log(self, max_bytes: int = LOG_MAX_BYTES) -> bool:
+        """Keep the log below ``max_bytes``: copy it to ``.1`` and truncate it in place
+        (openvpn appends, so it writes on at the new end). True when it rotated."""
+        try:
+            if self.log_path.stat().st_size <= max_bytes:
+                return False
+            old = self.log_path.with_name(self.log_path.name + ".1")
+            shutil.copyfile(self.log_path, old)
+            os.truncate(self.log_path, 0)
+        except FileNotFoundError:
+            return False
+        return True
 
     async def start(self) -> None:
         """Start openvpn and wait until it serves; BackendError with the reason otherwise

@@ -72,7 +72,8 @@ def render_server(name: str, spec: OpenVpnConfig, paths: ServerPaths) -> str:
         "script-security 2",
         f"client-disconnect {_quote(paths.hook)}",
         f"writepid {_quote(paths.pid)}",
-        f"log {_quote(paths.log)}",
+        # Appended to (O_APPEND), so the agent can rotate it by copy and truncate.
+        f"log-append {_quote(paths.log)}",
         "verb 3",
         # A session of its own (the agent starts us with setsid): the server outlives the agent.
         f"daemon openvpn-{name}",
