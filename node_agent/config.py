@@ -98,7 +98,9 @@ class OpenVpnConfig(_Strict):
     keepalive = [10, 60]              # ping every 10 s, drop a client silent for 60 s
     openvpn = "openvpn"               # the program
     command_prefix = []               # run it through e.g. ["ip", "netns", "exec", "vpn"]
-    # management_socket = "/run/vpn-node-agent/openvpn.sock"  # default: in the state dir
+    # Default: in the state dir. Elsewhere, in a directory only root can enter: whoever
+    # connects to it controls the server.
+    # management_socket = "/run/vpn-node-agent/openvpn.sock"
     """
 
     type: Literal["openvpn"]

@@ -109,7 +109,9 @@ def write_profile(path: Path, profile: str, port: int, transport: str = "udp") -
 
 async def test_issue_connect_count_revoke_and_readd(lab: Lab, tmp_path: Path) -> None:
     port = random.randint(20000, 29999)
-    backend = OpenVpnBackend(BACKEND, spec_for(lab, port), tmp_path / "s")
+    # A space in the state directory: every path openvpn reads (and the hook it runs) must
+    # survive its config parser.
+    backend = OpenVpnBackend(BACKEND, spec_for(lab, port), tmp_path / "s d")
     ledger = UsageLedger(tmp_path / "ledger.db")
     client = VpnClient(lab.client, tmp_path / "alice.ovpn", tmp_path / "client.log")
 
@@ -147,7 +149,11 @@ async def test_issue_connect_count_revoke_and_readd(lab: Lab, tmp_path: Path) ->
         await eventually(reconnected, within=20, what="the client to reconnect")
         await ping(lab.client, SERVER_TUNNEL, within=20)
         live = (await backend.management.sessions())[0]
+        # The old session's final counts, left by the disconnect hook openvpn ran.
+        [hook_file] = backend.spool.glob("*.session")
+        assert hook_file.read_text().startswith(f"alice\t{sessions[0].connected_since}\t")
         second = await backend.usage()
+        assert not list(backend.spool.glob("*.session"))  # counted, then removed
         assert second.epoch == first.epoch
         total = second.counters["client-1"]
         # The old session's bytes plus the new session's, each counted once (the slack is

@@ -217,3 +217,10 @@ def test_our_static_key_matches_what_openvpn_genkey_writes(tmp_path: Path) -> No
     ours = format_static_key(parse_static_key(theirs))
     assert ours == theirs
     assert generate_static_key() != generate_static_key()
+
+
+def test_an_unwritable_state_directory_is_a_config_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError, match="OpenVPN PKI"):
+        NodePki.load_or_create(blocker / "openvpn-main", "main", NOW)

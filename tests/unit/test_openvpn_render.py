@@ -91,6 +91,8 @@ def test_paths_with_spaces_are_quoted() -> None:
     lines = directives(render_server("main", spec, paths(Path("/srv/my agent"))))
     assert 'crl-verify "/srv/my agent/crl.pem"' in lines
     assert 'management "/srv/my agent/management.sock" unix' in lines
+    # A command line is split once more when openvpn runs it: quoted twice.
+    assert 'client-disconnect "\\"/srv/my agent/client-disconnect.sh\\""' in lines
 
 
 def test_the_profile_is_inline_and_has_no_remote() -> None:

@@ -155,12 +155,12 @@ class NodePki:
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(self.directory, 0o700)
+            self._records = self._load_records()
+            self._load_or_create_ca(now)
+            self._load_or_create_tls_crypt()
+            self.ensure_server_cert(now)
         except OSError as exc:
-            raise ConfigError(f"cannot create {self.directory}: {exc}") from None
-        self._records = self._load_records()
-        self._load_or_create_ca(now)
-        self._load_or_create_tls_crypt()
-        self.ensure_server_cert(now)
+            raise ConfigError(f"the OpenVPN PKI in {self.directory}: {exc}") from None
 
     def _load_records(self) -> list[CertRecord]:
         if not self.issued_path.exists():

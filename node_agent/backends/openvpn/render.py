@@ -36,7 +36,7 @@ def server_address(subnet: str) -> str:
     return str(next(ipaddress.IPv4Network(subnet).hosts()))
 
 
-def _quote(path: Path) -> str:
+def _quote(path: Path | str) -> str:
     # OpenVPN's config parser takes double-quoted strings with backslash escapes.
     text = str(path)
     if any(c in text for c in " \t\"\\#;'") or not text:
@@ -70,7 +70,8 @@ def render_server(name: str, spec: OpenVpnConfig, paths: ServerPaths) -> str:
         f"management {_quote(paths.management)} unix",
         # Each session's final byte counts, for usage accounting of traffic since the last poll.
         "script-security 2",
-        f"client-disconnect {_quote(paths.hook)}",
+        # A command line, split again when it runs: quoted twice.
+        f"client-disconnect {_quote(_quote(paths.hook))}",
         f"writepid {_quote(paths.pid)}",
         # Appended to (O_APPEND), so the agent can rotate it by copy and truncate.
         f"log-append {_quote(paths.log)}",

@@ -85,7 +85,10 @@ class UsageBook:
         else:
             self.epoch = f"openvpn-{uuid.uuid4().hex}"
             self._dirty = True
-            self.save()
+            try:
+                self.save()
+            except OSError as exc:
+                raise ConfigError(f"cannot write {path}: {exc}") from None
 
     # --- counting -------------------------------------------------------------------------
 
