@@ -546,8 +546,15 @@ async def test_stream_metrics_refuses_an_interval_out_of_range(node: Node, inter
     assert await stream_code(node.client, interval) == Code.INVALID_ARGUMENT
 
 
-async def test_issue_openvpn_client_is_unimplemented(node: Node) -> None:
-    assert await issue_openvpn_code(node.client) == Code.UNIMPLEMENTED
+async def test_issue_openvpn_client_names_an_unknown_or_non_issuing_backend(node: Node) -> None:
+    """Issuance goes to a named backend that issues clients: an unknown name is a bad
+    argument; a backend that does not issue (the fake here) is UNIMPLEMENTED."""
+    assert await issue_openvpn_code(node.client) == Code.INVALID_ARGUMENT
+    request = pb.IssueOpenVpnClientRequest(backend="fake", common_name="alice", valid_days=30)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await node.client.stub.IssueOpenVpnClient(request, timeout=FAST)
+    assert info.value.code() == Code.UNIMPLEMENTED
+    assert "does not issue clients" in (info.value.details() or "")
 
 
 @pytest.mark.parametrize("service", ["", "nodeapi.v1.NodeAgent"])
