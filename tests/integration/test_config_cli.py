@@ -16,6 +16,9 @@ from controller.bootstrap import open_container
 from controller.db.base import utcnow
 from controller.nodes.store import HubStore
 from controller.settings import load_settings
+from controller.vpn import vless
+from node_agent.backends.xray.reality import generate_keys
+from proto.nodeapi.v1 import node_agent_pb2 as pb
 from tests.hub_support import wireguard_info
 from tests.integration.test_cli import Cli
 
@@ -27,13 +30,16 @@ def cli(clean_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     return Cli(capsys)
 
 
-def _node_reports_wireguard(name: str, subnet: str = "10.9.0.1/24") -> None:
+def _node_reports_wireguard(
+    name: str, subnet: str = "10.9.0.1/24", *, extra: tuple[pb.BackendInfo, ...] = ()
+) -> None:
     """What the hub records when it first reaches the node's agent."""
 
     async def record() -> None:
         async with open_container(load_settings()) as container:
             server = await container.services.nodes.get(name)
             info = wireguard_info(subnet, SERVER_KEY)
+            info.backends.extend(extra)
             store = HubStore(container.uow_factory, container.secrets, utcnow)
             async with container.uow_factory() as uow:
                 await uow.nodes.update_fields(server.id, enrolled_at=utcnow())
@@ -126,3 +132,56 @@ def test_export_refusals_are_one_line(cli: Cli, tmp_path: Path) -> None:
     cli.fails("user", "grant", "7770001", code=2)  # neither --plan nor --days
     cli.fails("user", "grant", "7770001", "--plan", "1", "--days", "2", code=2)
     assert "no plan" in cli.fails("user", "grant", "7770001", "--plan", "99")
+
+
+def test_vless_export_writes_the_share_link_and_its_qr(cli: Cli, tmp_path: Path) -> None:
+    public_key = generate_keys().public_key
+    cli.ok("node", "add", "de-2", "--address", "198.51.100.3", "--protocols", "wireguard,vless")
+    _node_reports_wireguard(
+        "de-2",
+        extra=(
+            pb.BackendInfo(
+                name="vless",
+                kind=pb.BACKEND_KIND_XRAY,
+                reality=pb.RealityParams(
+                    port=443,
+                    public_key=public_key,
+                    short_ids=["6ba85179e30d4fc2"],
+                    server_names=["www.example.com"],
+                    flow="xtls-rprx-vision",
+                    fingerprint="chrome",
+                ),
+            ),
+        ),
+    )
+    cli.ok("user", "grant", "7770002", "--days", "3")
+    out, png = tmp_path / "link.txt", tmp_path / "link.png"
+    said = cli.ok(
+        "config", "export", "7770002", "--protocol", "vless", "--out", str(out), "--qr", str(png)
+    )
+    assert "vless config" in said and "de-2" in said
+    link = vless.parse_share_link(out.read_text())
+    assert (link.host, link.port, link.public_key, link.short_id) == (
+        "198.51.100.3",
+        443,
+        public_key,
+        "6ba85179e30d4fc2",
+    )
+    assert png.read_bytes().startswith(b"\x89PNG")
+    assert out.stat().st_mode & 0o777 == 0o600
+
+    # An OpenVPN profile is too large for a QR code: refused before anything is placed.
+    ovpn = tmp_path / "client.ovpn"
+    assert "does not fit a QR code" in cli.fails(
+        "config",
+        "export",
+        "7770002",
+        "--protocol",
+        "openvpn",
+        "--out",
+        str(ovpn),
+        "--qr",
+        str(png),
+        code=2,
+    )
+    assert not ovpn.exists()
