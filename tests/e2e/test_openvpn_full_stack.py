@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import socket
 import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -49,20 +48,6 @@ def _free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-async def _eventually(predicate: object, *, within: float, what: str) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + within
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within:g} s waiting for {what}")
-        await asyncio.sleep(0.2)
 
 
 async def _server(harness: ControllerHarness, server_id: int) -> Server:
@@ -133,7 +118,9 @@ async def test_exported_profile_connects_and_suspension_cuts_it_off(
                         server = await _server(harness, node.server_id)
                         return bool(server.openvpn_config)
 
-                    await _eventually(reports_openvpn, within=60, what="the node's OpenVPN params")
+                    await harness.wait_for(
+                        reports_openvpn, within=60, what="the node's OpenVPN params"
+                    )
 
                     await harness.services.subscriptions.grant(
                         Actor.cli(), TELEGRAM_ID, days=30, devices=1
@@ -151,7 +138,7 @@ async def test_exported_profile_connects_and_suspension_cuts_it_off(
                         server = await _server(harness, node.server_id)
                         return server.applied_revision >= server.desired_revision
 
-                    await _eventually(enabled, within=30, what="the node to converge")
+                    await harness.wait_for(enabled, within=30, what="the node to converge")
 
                     profile = tmp_path / "client.ovpn"
                     profile.write_text(rendered.text)
@@ -194,9 +181,9 @@ async def test_exported_profile_connects_and_suspension_cuts_it_off(
                             )
                         return False
 
-                    await _eventually(session_gone, within=20, what="the session to be killed")
+                    await harness.wait_for(session_gone, within=20, what="the session to be killed")
                     # The client retries on its own; the server refuses its certificate.
-                    await _eventually(
+                    await harness.wait_for(
                         lambda: "certificate revoked" in server_log.read_text(errors="replace"),
                         within=30,
                         what="the server to refuse the revoked certificate",
