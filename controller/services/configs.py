@@ -7,6 +7,7 @@ it to the agent right after the commit.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import ipaddress
 import json
 import secrets
@@ -38,6 +39,10 @@ MAX_DEVICE_NAME = 64
 # Protocols this controller can place configs of.
 PROVISIONED = frozenset({VpnProtocol.WIREGUARD, VpnProtocol.OPENVPN, VpnProtocol.VLESS})
 VLESS_FLOWS = frozenset({"", "xtls-rprx-vision"})
+# An export waits this long for another one issuing the same config's OpenVPN profile; a
+# claim older than ISSUE_CLAIM_SECONDS belongs to a process that died mid-issuance.
+ISSUE_WAIT_SECONDS = 30.0
+ISSUE_CLAIM_SECONDS = 60.0
 
 
 class ProfileIssuer(Protocol):
@@ -105,9 +110,6 @@ class ConfigService(Service):
         self._box = box
         self._vpn = vpn
         self._issuer = issuer
-        # One issuance per config at a time: the node revokes a CN's previous certificate
-        # when it issues a new one, so two racing exports would break each other's profile.
-        self._issuing: dict[int, asyncio.Lock] = {}
 
     async def provision(
         self,
@@ -117,8 +119,12 @@ class ConfigService(Service):
         device_name: str | None = None,
     ) -> VpnConfig:
         """Place a new device of the user's active subscription on a node."""
-        if device_name is not None and not 1 <= len(device_name.strip()) <= MAX_DEVICE_NAME:
-            raise InvalidInput(f"a device name is 1-{MAX_DEVICE_NAME} characters")
+        if device_name is not None and (
+            not 1 <= len(device_name.strip()) <= MAX_DEVICE_NAME or not device_name.isprintable()
+        ):
+            raise InvalidInput(
+                f"a device name is 1-{MAX_DEVICE_NAME} printable characters on one line"
+            )
         async with self._uow() as uow:
             user, subscription = await self._active(uow, telegram_id)
             config = await self._place(uow, user, subscription, protocol, device_name)
@@ -195,6 +201,7 @@ class ConfigService(Service):
                 # so lands in its CRL); the new profile is issued on the next export.
                 config.client_id = _common_name()
                 config.secret_encrypted = None
+                config.config_data = _without_claim(config.config_data)
             elif config.protocol is VpnProtocol.VLESS:
                 config.client_id = str(uuid.uuid4())
             else:
@@ -378,24 +385,46 @@ class ConfigService(Service):
         profile = await self._openvpn_profile(config, server, str(params["backend"]))
         transport = "tcp" if params.get("transport") == "tcp" else "udp"
         host = server.domain or server.ip_address
+        # Names go into a comment line: nothing in them may start a directive of its own.
+        label = "".join(
+            c for c in f"{config.device_name or 'OpenVPN'} @ {server.name}" if c.isprintable()
+        )
         return (
-            f"# {config.device_name or 'OpenVPN'} @ {server.name} (vpnbot config {config.id})\n"
+            f"# {label} (vpnbot config {config.id})\n"
             f"remote {host} {int(params['port'])} {transport}\n" + profile
         )
 
     async def _openvpn_profile(self, config: VpnConfig, server: Server, backend: str) -> str:
-        lock = self._issuing.setdefault(config.id, asyncio.Lock())
-        async with lock:
+        """The stored profile, or one the node issues now. One issuance per config at a
+        time across every process (bot, CLI, API): the node revokes a common name's earlier
+        certificate when it issues a new one, so two racing exports would leave one of them
+        with a dead profile. The first export claims the config in the database; the others
+        wait for its profile."""
+        if self._issuer is None:
+            raise Unavailable("this controller cannot reach nodes to issue OpenVPN profiles")
+        token = secrets.token_hex(8)
+        deadline = asyncio.get_running_loop().time() + ISSUE_WAIT_SECONDS
+        while True:
             async with self._uow() as uow:
-                current = await uow.configs.get(config.id)
+                current = await uow.configs.get(config.id, for_update=True)
                 if current is None:
                     raise ConfigNotFound(f"no config with id {config.id}")
                 stored = self.open_secret(current).get("profile")
+                if stored:
+                    return stored
                 common_name = current.client_id
-            if stored:
-                return stored
-            if self._issuer is None:
-                raise Unavailable("this controller cannot reach nodes to issue OpenVPN profiles")
+                claim = current.config_data.get("issuing")
+                if not self._claim_alive(claim):
+                    current.config_data = {
+                        **current.config_data,
+                        "issuing": {"by": token, "at": self._now().isoformat()},
+                    }
+                    await uow.commit()
+                    break
+            if asyncio.get_running_loop().time() > deadline:
+                raise Unavailable("this config's profile is being issued right now; try again")
+            await asyncio.sleep(0.2)
+        try:
             profile = await self._issuer.issue_openvpn(
                 node_id=server.node_uid or "",
                 host=server.ip_address,
@@ -403,16 +432,43 @@ class ConfigService(Service):
                 backend=backend,
                 common_name=common_name,
             )
-            async with self._uow() as uow:
-                current = await uow.configs.get(config.id, for_update=True)
-                if current is None or current.client_id != common_name:
-                    raise Unavailable("the config changed while its profile was issued; try again")
-                current.secret_encrypted = self._box.encrypt(
-                    json.dumps({"profile": profile}).encode(), secret_context(config.id)
-                )
+        except BaseException:
+            await self._release_claim(config.id, token)
+            raise
+        async with self._uow() as uow:
+            current = await uow.configs.get(config.id, for_update=True)
+            claim = current.config_data.get("issuing") if current is not None else None
+            if (
+                current is None
+                or current.client_id != common_name
+                or not isinstance(claim, dict)
+                or claim.get("by") != token
+            ):
+                raise Unavailable("the config changed while its profile was issued; try again")
+            current.secret_encrypted = self._box.encrypt(
+                json.dumps({"profile": profile}).encode(), secret_context(config.id)
+            )
+            current.config_data = _without_claim(current.config_data)
+            await uow.commit()
+        return profile
+
+    def _claim_alive(self, claim: object) -> bool:
+        if not isinstance(claim, dict):
+            return False
+        try:
+            at = dt.datetime.fromisoformat(str(claim.get("at")))
+        except ValueError:
+            return False
+        age = (self._now() - at).total_seconds()
+        return 0 <= age < ISSUE_CLAIM_SECONDS
+
+    async def _release_claim(self, config_id: int, token: str) -> None:
+        async with self._uow() as uow:
+            current = await uow.configs.get(config_id, for_update=True)
+            claim = current.config_data.get("issuing") if current is not None else None
+            if current is not None and isinstance(claim, dict) and claim.get("by") == token:
+                current.config_data = _without_claim(current.config_data)
                 await uow.commit()
-            self._issuing.pop(config.id, None)
-            return profile
 
     def _render_vless(self, config: VpnConfig, server: Server, name: str) -> str:
         params = server.vless_config or {}
@@ -464,6 +520,10 @@ def open_secret(box: SecretBox, config_id: int, blob: bytes | None) -> dict[str,
         return {}
     value = json.loads(box.decrypt(blob, secret_context(config_id)))
     return value if isinstance(value, dict) else {}
+
+
+def _without_claim(data: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in data.items() if k != "issuing"}
 
 
 def _common_name() -> str:

@@ -3,6 +3,7 @@ state the hub builds from them, and what a client receives (share link, .ovpn)."
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from controller.crypto import SecretBox
 from controller.db.uow import UnitOfWorkFactory
 from controller.domain.enums import VpnProtocol
-from controller.domain.errors import NoServerAvailable, Unavailable
+from controller.domain.errors import InvalidInput, NoServerAvailable, Unavailable
 from controller.nodes.issuer import NodeIssuer
 from controller.nodes.store import HubStore, params_from_info
 from controller.services import build_services
@@ -292,3 +293,66 @@ async def test_node_issuer_asks_the_real_agent_over_mtls(world: World, tmp_path:
         with pytest.raises(Unavailable, match="does not issue clients"):
             await world.svc.configs.render(config.id)
     assert (await world.config(config.id)).secret_encrypted is None
+
+
+class _SlowIssuer(_Issuer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def issue_openvpn(
+        self, *, node_id: str, host: str, port: int, backend: str, common_name: str
+    ) -> str:
+        await self.release.wait()
+        return await super().issue_openvpn(
+            node_id=node_id, host=host, port=port, backend=backend, common_name=common_name
+        )
+
+
+async def test_two_processes_exporting_at_once_issue_one_profile(world: World) -> None:
+    """Two controllers (say the bot and the CLI) export the same new OpenVPN config at once:
+    the node is asked once (a second issuance would revoke the first certificate) and both
+    hand out the same, live profile."""
+    issuer = _SlowIssuer()
+    first = build_services(world.uow, world.clock, secrets=BOX, issuer=issuer)
+    second = build_services(world.uow, world.clock, secrets=BOX, issuer=issuer)
+    await world.node("nl-1", protocols=ALL, info=full_info(openvpn_backend()))
+    await world.grant(1)
+    config = await first.configs.provision(1, VpnProtocol.OPENVPN)
+
+    exports = [
+        asyncio.create_task(first.configs.render(config.id)),
+        asyncio.create_task(second.configs.render(config.id)),
+    ]
+    await asyncio.sleep(0.5)  # both are in: one issuing, one waiting for it
+    assert len(issuer.calls) <= 1
+    issuer.release.set()
+    texts = {r.text for r in await asyncio.gather(*exports)}
+    assert len(texts) == 1 and len(issuer.calls) == 1
+    assert "issuing" not in (await world.config(config.id)).config_data
+
+
+async def test_a_claim_left_by_a_dead_process_expires(world: World) -> None:
+    issuer = _Issuer()
+    services = build_services(world.uow, world.clock, secrets=BOX, issuer=issuer)
+    await world.node("nl-1", protocols=ALL, info=full_info(openvpn_backend()))
+    await world.grant(1)
+    config = await services.configs.provision(1, VpnProtocol.OPENVPN)
+    async with world.uow() as uow:
+        row = await uow.configs.get(config.id, for_update=True)
+        assert row is not None
+        row.config_data = {"issuing": {"by": "dead", "at": world.clock().isoformat()}}
+        await uow.commit()
+    world.clock.advance(seconds=61)
+    assert "remote " in (await services.configs.render(config.id)).text
+    assert len(issuer.calls) == 1
+
+
+async def test_a_device_name_cannot_carry_a_line_break(world: World) -> None:
+    await world.node("nl-1", protocols=ALL, info=full_info(openvpn_backend()))
+    await world.grant(1)
+    with pytest.raises(InvalidInput, match="printable"):
+        await world.svc.configs.provision(
+            1, VpnProtocol.OPENVPN, device_name='x\nscript-security 2\nup "/bin/sh"'
+        )
+    assert await world.config_count() == 0
