@@ -159,6 +159,13 @@ def test_the_rendered_config_holds_users_reality_api_and_stats() -> None:
     assert config["policy"]["levels"]["0"] == {"statsUserUplink": True, "statsUserDownlink": True}
     assert config["routing"]["rules"] == [
         {"type": "field", "inboundTag": ["api"], "outboundTag": "api"},
+        # Whatever a client's domain resolves to, nothing of theirs reaches the API's port.
+        {
+            "type": "field",
+            "inboundTag": ["vless-reality"],
+            "port": "10085",
+            "outboundTag": "blocked",
+        },
         {"type": "field", "ip": ["127.0.0.0/8"], "outboundTag": "blocked"},
     ]
     assert config["outbounds"][0]["protocol"] == "freedom"  # the default outbound

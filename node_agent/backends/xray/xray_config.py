@@ -87,6 +87,15 @@ def render(settings: CoreSettings, users: Iterable[CoreUser]) -> dict[str, Any]:
         }
     rules: list[dict[str, Any]] = [
         {"type": "field", "inboundTag": [API_TAG], "outboundTag": API_TAG},
+        # The API has no authentication. Blocking its address is not enough: a client's
+        # domain may resolve to a public address for the router and to 127.0.0.1 when
+        # freedom dials it (DNS rebinding). No client connection goes to the API's port.
+        {
+            "type": "field",
+            "inboundTag": [settings.inbound_tag],
+            "port": str(settings.api_port),
+            "outboundTag": BLOCKED_TAG,
+        },
     ]
     if settings.blocked_networks:
         rules.append(
