@@ -198,3 +198,23 @@ async def test_start_reports_a_program_that_exits_at_once(tmp_path: Path) -> Non
     backend = OpenVpnBackend("main", spec, tmp_path)
     with pytest.raises(BackendError, match="did not come up"):
         await backend.start()
+
+
+async def test_issuing_before_this_process_applied_keeps_enabled_clients(
+    backend: OpenVpnBackend, tmp_path: Path
+) -> None:
+    """An agent whose boot failed to apply (openvpn slow to answer, say) still serves
+    issuance: that must not recompute the CRL from an empty enabled set and so revoke every
+    client the server was letting in."""
+    await backend.issue_client("alice", 30)
+    await backend.issue_client("bob", 30)
+    await backend.apply([ovpn("a", "alice")])  # bob is disabled
+    serials = backend.pki.current_serials()
+    assert revoked(backend) == {serials["bob"]}
+
+    restarted = OpenVpnBackend("main", backend.spec, tmp_path)  # nothing applied yet
+    await restarted.issue_client("alice", 30)  # a re-issue: the old alice is superseded
+    await restarted.issue_client("carol", 30)  # unknown to the CRL: denied until applied
+    now = restarted.pki.current_serials()
+    assert revoked(restarted) == {serials["bob"], serials["alice"], now["carol"]}
+    assert now["alice"] not in revoked(restarted)

@@ -155,6 +155,18 @@ class OpenVpnBackend:
         # Before the first apply nothing is known to be enabled: deny rather than allow.
         return set(self._enabled.values()) if self._applied else set()
 
+    def _enabled_for_issue(self) -> set[str]:
+        if self._applied:
+            return self._enabled_names()
+        # Nothing applied in this process yet (start() failed, say): the CRL on disk says
+        # who the server lets in. Recomputing it from an empty enabled set would revoke
+        # every client; names it does not show enabled stay denied.
+        on_disk = self.pki.read_crl()
+        if on_disk is None:
+            return set()
+        revoked = {entry.serial_number for entry in on_disk}
+        return {cn for cn, serial in self.pki.current_serials().items() if serial not in revoked}
+
     def _rendered(self) -> tuple[str, str]:
         return render_server(self.name, self.spec, self.paths), render_hook(self.spool)
 
@@ -271,8 +283,9 @@ class OpenVpnBackend:
         async with self._lock:
             reissue = common_name in self.pki.current_serials()
             try:
+                enabled = self._enabled_for_issue()
                 issued = self.pki.issue_client(common_name, days)
-                self.pki.write_crl(self.pki.revoked_serials(self._enabled_names()))
+                self.pki.write_crl(self.pki.revoked_serials(enabled))
             except OSError as exc:
                 raise BackendError(f"{self.name}: cannot record the certificate: {exc}") from None
             if reissue:
