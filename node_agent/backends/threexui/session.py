@@ -107,6 +107,11 @@ class PanelSession:
         login_backoff: float = LOGIN_BACKOFF,
     ) -> None:
         self.url = url if url.endswith("/") else url + "/"
+        # The panel's web base path works as a password: logs and error reasons (which
+        # reach the controller) name the origin only.
+        parsed = httpx.URL(self.url)
+        port = f":{parsed.port}" if parsed.port else ""
+        self.origin = f"{parsed.scheme}://{parsed.host}{port}"
         self._credentials = credentials
         self._verify = verify
         self._timeout = timeout
@@ -197,10 +202,10 @@ class PanelSession:
             )
         except httpx.TimeoutException:
             raise PanelError(
-                f"{what}: the panel at {self.url} did not answer within {self._timeout:g} s"
+                f"{what}: the panel at {self.origin} did not answer within {self._timeout:g} s"
             ) from None
         except httpx.HTTPError as exc:
-            raise PanelError(f"{what}: cannot reach the panel at {self.url}: {exc}") from None
+            raise PanelError(f"{what}: cannot reach the panel at {self.origin}: {exc}") from None
 
     def _envelope(self, response: httpx.Response, what: str) -> Any:
         """The ``obj`` of ``{"success": true, "msg": ..., "obj": ...}``, or PanelError."""
@@ -278,11 +283,11 @@ class PanelSession:
         response = await self._send("POST", "login", "login", data=form)
         if response.status_code == 404:
             raise PanelError(
-                f"login: {self.url}login does not exist (HTTP 404): check the url's base path"
+                f"login: {self.origin}/…/login does not exist (HTTP 404): check the url's base path"
             )
         self._envelope(response, "login")
         self.logins += 1
-        log.info("logged in to the 3x-ui panel", url=self.url, csrf=self._csrf is not None)
+        log.info("logged in to the 3x-ui panel", panel=self.origin, csrf=self._csrf is not None)
 
 
 def _read_secret(getter: Callable[[], str], what: str) -> str:

@@ -323,7 +323,11 @@ class XrayBackend:
         owner = self._desired.email_owner
         for email, counted in traffic.items():
             client_id = owner.get(email)
-            if client_id is not None:
+            # A client whose counter restarted (new core email) but whose reset the ledger
+            # has not been told of yet (the apply failed) is left out until an apply reports
+            # it: the ledger would count the new counter as a restart now, and again from
+            # zero after the reset.
+            if client_id is not None and client_id not in self._pending_reset:
                 counters[client_id] = Counters(counted.uplink, counted.downlink)
         self._track_online(epoch, counters)
         return UsageSample(f"{self.spec.inbound_tag}@{epoch}", counters)
