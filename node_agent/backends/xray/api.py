@@ -206,6 +206,9 @@ class XrayApi:
         call = self._calls.get(path)
         if call is None:
             if self._channel is None:
+                # Plaintext on purpose: the core's API speaks no TLS. It listens on the node's
+                # loopback by default, and the VLESS inbound's routing blackholes loopback,
+                # private networks and the API's port for clients.
                 self._channel = grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
             deserialize: Callable[[bytes], Resp] = response.FromString
             call = self._channel.unary_unary(
