@@ -117,6 +117,21 @@ class TelegramSettings(_Section):
     support_bot_token: SecretStr | None = None
     admin_bot_token: SecretStr | None = None
     api_url: str = "https://api.telegram.org"
+    # auto: webhook when VPNBOT_API__PUBLIC_URL is set, long polling otherwise.
+    mode: Literal["auto", "polling", "webhook"] = "auto"
+    # Per user: at most this many updates per window; a flood's last action is kept and
+    # handled when the window ends, the ones before it are dropped.
+    throttle_updates: int = Field(default=4, ge=1, le=1000)
+    throttle_window_seconds: float = Field(default=2.0, ge=0.1, le=3600.0)
+    drop_pending_updates: bool = False
+
+    @field_validator("api_url")
+    @classmethod
+    def _check_api_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s):// URL of a Bot API server")
+        return value
 
     @field_validator("client_bot_token", "support_bot_token", "admin_bot_token")
     @classmethod
@@ -159,6 +174,19 @@ class RedisSettings(_Section):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+
+class PaymentSettings(_Section):
+    # Telegram Stars (XTR) need no provider account. Plans priced in XTR are charged as they
+    # are; plans in other currencies at this price of one star, in minor units of the plan's
+    # currency (150 = 1.50 RUB), rounded up to whole stars.
+    stars_enabled: bool = True
+    stars_unit_price_minor: int = Field(default=150, ge=1, le=10**9)
+
+
+class ReferralSettings(_Section):
+    # Days the referrer gets when someone they invited pays for the first time (0 = none).
+    reward_days: int = Field(default=7, ge=0, le=3650)
 
 
 class LogSettings(_Section):
@@ -264,6 +292,8 @@ class Settings(BaseSettings):
     telegram: TelegramSettings = TelegramSettings()
     security: SecuritySettings = SecuritySettings()
     redis: RedisSettings = RedisSettings()
+    payments: PaymentSettings = PaymentSettings()
+    referral: ReferralSettings = ReferralSettings()
     log: LogSettings = LogSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     enrollment: EnrollmentSettings = EnrollmentSettings()
