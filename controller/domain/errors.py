@@ -13,12 +13,16 @@ code to a Russian or English text.
     │   ├── SubscriptionNotFound
     │   ├── PromoCodeNotFound
     │   ├── NodeNotFound
-    │   └── ConfigNotFound
+    │   ├── ConfigNotFound
+    │   ├── PaymentNotFound         also another user's payment or a forged invoice payload
+    │   └── TicketNotFound
     ├── InvalidInput                a value breaks a business rule (bad price, days, percent...)
     ├── Conflict                    the request clashes with the current state
     │   ├── AlreadyExists
     │   ├── InvalidStateTransition  e.g. resuming a subscription that is not suspended
-    │   └── PromoCodeAlreadyUsed
+    │   ├── PromoCodeAlreadyUsed
+    │   ├── TrialAlreadyUsed        once per user, and only for users without active access
+    │   └── PaymentMismatch         the amount or currency paid is not the invoice's
     ├── Forbidden                   the actor may not do this
     │   ├── UserBanned
     │   └── EnrollmentRefused       an expired, used or unknown enrollment token
@@ -28,7 +32,9 @@ code to a Russian or English text.
         ├── PlanInactive
         ├── PromoCodeInactive       disabled, not yet valid, expired, or for another plan
         ├── NoActiveSubscription    access needs an active subscription
-        └── NoServerAvailable       no node can take a config of that protocol now
+        ├── NoServerAvailable       no node can take a config of that protocol now
+        ├── TrialUnavailable        no trial plan is on sale
+        └── PaymentProviderUnavailable  the provider is off or cannot charge that currency
 
 Infrastructure failures (database down, disk full) are not domain errors and are left to
 propagate.
@@ -73,6 +79,14 @@ class ConfigNotFound(NotFound):
     code = "config_not_found"
 
 
+class PaymentNotFound(NotFound):
+    code = "payment_not_found"
+
+
+class TicketNotFound(NotFound):
+    code = "ticket_not_found"
+
+
 class InvalidInput(DomainError):
     code = "invalid_input"
 
@@ -91,6 +105,14 @@ class InvalidStateTransition(Conflict):
 
 class PromoCodeAlreadyUsed(Conflict):
     code = "promo_already_used"
+
+
+class TrialAlreadyUsed(Conflict):
+    code = "trial_used"
+
+
+class PaymentMismatch(Conflict):
+    code = "payment_mismatch"
 
 
 class Forbidden(DomainError):
@@ -131,3 +153,11 @@ class NoActiveSubscription(Unavailable):
 
 class NoServerAvailable(Unavailable):
     code = "no_server_available"
+
+
+class TrialUnavailable(Unavailable):
+    code = "trial_unavailable"
+
+
+class PaymentProviderUnavailable(Unavailable):
+    code = "payment_provider_unavailable"
