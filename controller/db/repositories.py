@@ -16,14 +16,25 @@ from controller.db.models import (
     AdminAuditLog,
     AppSetting,
     Base,
+    Payment,
     PromoCode,
     PromoRedemption,
+    Referral,
     Subscription,
     SubscriptionPlan,
+    SupportMessage,
+    SupportTicket,
     User,
     UserActivity,
+    VpnConfig,
 )
-from controller.domain.enums import SubscriptionStatus, SuspendReason, UserRole
+from controller.domain.enums import (
+    PaymentStatus,
+    SubscriptionStatus,
+    SuspendReason,
+    TicketStatus,
+    UserRole,
+)
 
 _T = TypeVar("_T")
 
@@ -106,6 +117,23 @@ class UserRepository(_Repository):
     async def count(self) -> int:
         return int((await self.session.execute(sa.select(sa.func.count(User.id)))).scalar_one())
 
+    async def get_by_referral_code(self, code: str) -> User | None:
+        return await self._one_or_none(
+            sa.select(User).where(User.referral_code == code), for_update=False
+        )
+
+    async def claim_trial(self, user_id: int, now: datetime) -> bool:
+        """Mark the trial used unless it already is; False when it was (one conditional
+        UPDATE, so of two simultaneous claims exactly one wins)."""
+        stmt = (
+            sa.update(User)
+            .where(User.id == user_id, User.trial_used_at.is_(None))
+            .values(trial_used_at=now, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        result = await self.session.execute(stmt)
+        return bool(getattr(result, "rowcount", 0))
+
 
 class PlanRepository(_Repository):
     async def get(self, plan_id: int, *, for_update: bool = False) -> SubscriptionPlan | None:
@@ -126,6 +154,16 @@ class PlanRepository(_Repository):
             stmt = stmt.where(SubscriptionPlan.is_active.is_(True))
         return (await self.session.execute(stmt)).scalars().all()
 
+    async def trial_plan(self) -> SubscriptionPlan | None:
+        """The active trial plan that sorts first, if any."""
+        stmt = (
+            sa.select(SubscriptionPlan)
+            .where(SubscriptionPlan.is_active.is_(True), SubscriptionPlan.is_trial.is_(True))
+            .order_by(SubscriptionPlan.sort_order, SubscriptionPlan.id)
+            .limit(1)
+        )
+        return (await self.session.execute(stmt)).scalars().first()
+
 
 @dataclass(frozen=True, slots=True)
 class TrafficState:
@@ -135,7 +173,35 @@ class TrafficState:
     status: SubscriptionStatus
 
 
+@dataclass(frozen=True, slots=True)
+class SubscriptionRow:
+    subscription: Subscription
+    plan_name: str | None
+    devices_used: int
+
+
 class SubscriptionRepository(_Repository):
+    async def rows_for_user(
+        self, user_id: int, subscription_id: int | None = None
+    ) -> list[SubscriptionRow]:
+        """The user's subscriptions, newest first, with their plan's name and device count."""
+        devices = (
+            sa.select(VpnConfig.subscription_id, sa.func.count(VpnConfig.id).label("n"))
+            .group_by(VpnConfig.subscription_id)
+            .subquery()
+        )
+        stmt = (
+            sa.select(Subscription, SubscriptionPlan.name, sa.func.coalesce(devices.c.n, 0))
+            .outerjoin(SubscriptionPlan, SubscriptionPlan.id == Subscription.plan_id)
+            .outerjoin(devices, devices.c.subscription_id == Subscription.id)
+            .where(Subscription.user_id == user_id)
+            .order_by(Subscription.id.desc())
+        )
+        if subscription_id is not None:
+            stmt = stmt.where(Subscription.id == subscription_id)
+        rows = (await self.session.execute(stmt)).all()
+        return [SubscriptionRow(row[0], row[1], int(row[2])) for row in rows]
+
     async def get(self, subscription_id: int, *, for_update: bool = False) -> Subscription | None:
         return await self._one_or_none(
             sa.select(Subscription).where(Subscription.id == subscription_id), for_update=for_update
@@ -269,6 +335,144 @@ class PromoRepository(_Repository):
     async def add_redemption(self, redemption: PromoRedemption) -> None:
         self.session.add(redemption)
         await self.session.flush()
+
+    async def get(self, promo_id: int) -> PromoCode | None:
+        return await self._one_or_none(
+            sa.select(PromoCode).where(PromoCode.id == promo_id), for_update=False
+        )
+
+    async def add_redemption_if_absent(self, values: dict[str, Any]) -> int | None:
+        """Record a redemption unless this user already has one of this code; the new id or
+        None. ON CONFLICT DO NOTHING: a duplicate never aborts the caller's transaction."""
+        stmt = (
+            self._insert(PromoRedemption)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=["promo_code_id", "user_id"])
+            .returning(PromoRedemption.id)
+        )
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def delete_redemption(self, redemption_id: int) -> None:
+        await self.session.execute(
+            sa.delete(PromoRedemption).where(PromoRedemption.id == redemption_id)
+        )
+
+
+class PaymentRepository(_Repository):
+    async def add(self, payment: Payment) -> Payment:
+        self.session.add(payment)
+        await self.session.flush()
+        return payment
+
+    async def get(self, payment_id: int, *, for_update: bool = False) -> Payment | None:
+        return await self._one_or_none(
+            sa.select(Payment).where(Payment.id == payment_id), for_update=for_update
+        )
+
+    async def get_by_external(self, provider: str, external_id: str) -> Payment | None:
+        return await self._one_or_none(
+            sa.select(Payment).where(
+                Payment.provider == provider, Payment.external_payment_id == external_id
+            ),
+            for_update=False,
+        )
+
+    async def list_for_user(self, user_id: int, *, limit: int) -> Sequence[Payment]:
+        stmt = (
+            sa.select(Payment)
+            .where(Payment.user_id == user_id)
+            .order_by(Payment.id.desc())
+            .limit(limit)
+        )
+        return (await self.session.execute(stmt)).scalars().all()
+
+    async def paid_before(self, user_id: int, *, excluding: int) -> bool:
+        """Whether the user paid anything before (a refunded payment was paid too)."""
+        stmt = sa.select(Payment.id).where(
+            Payment.user_id == user_id,
+            Payment.id != excluding,
+            Payment.status.in_([PaymentStatus.COMPLETED, PaymentStatus.REFUNDED]),
+        )
+        return (await self.session.execute(stmt.limit(1))).first() is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ReferralCounts:
+    invited: int
+    rewarded: int
+    reward_days: int
+
+
+class ReferralRepository(_Repository):
+    async def add(self, referral: Referral) -> None:
+        self.session.add(referral)
+        await self.session.flush()
+
+    async def of_referred(self, user_id: int) -> Referral | None:
+        return await self._one_or_none(
+            sa.select(Referral).where(Referral.referred_id == user_id), for_update=False
+        )
+
+    async def mark_rewarded(self, referral_id: int, days: int, now: datetime) -> bool:
+        """Record the reward unless it already is; False when another payment got there first."""
+        stmt = (
+            sa.update(Referral)
+            .where(Referral.id == referral_id, Referral.rewarded_at.is_(None))
+            .values(reward_days=days, rewarded_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        result = await self.session.execute(stmt)
+        return bool(getattr(result, "rowcount", 0))
+
+    async def counts(self, referrer_id: int) -> ReferralCounts:
+        rewarded = Referral.rewarded_at.is_not(None)
+        stmt = sa.select(
+            sa.func.count(Referral.id),
+            sa.func.coalesce(sa.func.sum(sa.case((rewarded, 1), else_=0)), 0),
+            sa.func.coalesce(
+                sa.func.sum(
+                    sa.case((rewarded, sa.func.coalesce(Referral.reward_days, 0)), else_=0)
+                ),
+                0,
+            ),
+        ).where(Referral.referrer_id == referrer_id)
+        invited, paid, days = (await self.session.execute(stmt)).one()
+        return ReferralCounts(int(invited), int(paid), int(days))
+
+
+OPEN_TICKET_STATUSES = (TicketStatus.OPEN, TicketStatus.IN_PROGRESS, TicketStatus.WAITING_CLIENT)
+
+
+class SupportRepository(_Repository):
+    async def add_ticket(self, ticket: SupportTicket) -> SupportTicket:
+        self.session.add(ticket)
+        await self.session.flush()
+        return ticket
+
+    async def add_message(self, message: SupportMessage) -> SupportMessage:
+        self.session.add(message)
+        await self.session.flush()
+        return message
+
+    async def get(self, ticket_id: int) -> SupportTicket | None:
+        return await self._one_or_none(
+            sa.select(SupportTicket).where(SupportTicket.id == ticket_id), for_update=False
+        )
+
+    async def count_open(self, user_id: int) -> int:
+        stmt = sa.select(sa.func.count(SupportTicket.id)).where(
+            SupportTicket.user_id == user_id, SupportTicket.status.in_(OPEN_TICKET_STATUSES)
+        )
+        return int((await self.session.execute(stmt)).scalar_one())
+
+    async def list_for_user(self, user_id: int, *, limit: int) -> Sequence[SupportTicket]:
+        stmt = (
+            sa.select(SupportTicket)
+            .where(SupportTicket.user_id == user_id)
+            .order_by(SupportTicket.id.desc())
+            .limit(limit)
+        )
+        return (await self.session.execute(stmt)).scalars().all()
 
 
 class AuditRepository(_Repository):

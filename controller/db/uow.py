@@ -29,9 +29,12 @@ from controller.db.repositories import (
     ActivityRepository,
     AppSettingsRepository,
     AuditRepository,
+    PaymentRepository,
     PlanRepository,
     PromoRepository,
+    ReferralRepository,
     SubscriptionRepository,
+    SupportRepository,
     UserRepository,
 )
 
@@ -85,6 +88,9 @@ class UnitOfWork:
     nodes: NodeRepository
     configs: ConfigRepository
     usage: UsageRepository
+    payments: PaymentRepository
+    referrals: ReferralRepository
+    support: SupportRepository
 
     def __init__(
         self,
@@ -117,6 +123,9 @@ class UnitOfWork:
         self.nodes = NodeRepository(self.session)
         self.configs = ConfigRepository(self.session)
         self.usage = UsageRepository(self.session)
+        self.payments = PaymentRepository(self.session)
+        self.referrals = ReferralRepository(self.session)
+        self.support = SupportRepository(self.session)
         return self
 
     async def __aexit__(
