@@ -54,7 +54,7 @@ class ProfileIssuer(Protocol):
         """The node's inline profile for ``common_name`` (without `remote` lines)."""
 
 
-def _capacity(server: Server) -> int:
+def node_capacity(server: Server) -> int:
     """Configs the node can take: its max_users, and for WireGuard no more than its tunnel
     subnet has client addresses."""
     capacity = server.max_users
@@ -85,6 +85,26 @@ def served_protocols(server: Server) -> frozenset[VpnProtocol]:
     return frozenset(
         p for p, params in reported.items() if params and p.value in server.supported_protocols
     )
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    config_id: int
+    protocol: VpnProtocol
+    device_name: str | None
+    server_name: str
+    country_code: str
+    is_active: bool
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceOverview:
+    """The devices of the user's current subscription (none without an active one)."""
+
+    subscription_id: int | None
+    device_limit: int
+    devices: list[DeviceView]
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,38 +205,105 @@ class ConfigService(Service):
                 configs.extend(await uow.configs.list_for_subscription(subscription.id))
             return configs
 
-    async def reissue(self, config_id: int, *, owner_user_id: int | None = None) -> VpnConfig:
-        """New keys for a device (the old ones stop working once the node converges)."""
+    async def devices(self, telegram_id: int) -> DeviceOverview:
+        async with self._uow().read_only() as uow:
+            user = await uow.users.get_by_telegram_id(telegram_id)
+            if user is None:
+                raise UserNotFound(f"no user with Telegram id {telegram_id}")
+            subscription = await uow.subscriptions.current_active(user.id, self._now())
+            if subscription is None:
+                return DeviceOverview(subscription_id=None, device_limit=0, devices=[])
+            configs = await uow.configs.list_for_subscription(subscription.id)
+            return DeviceOverview(
+                subscription_id=subscription.id,
+                device_limit=subscription.device_limit,
+                devices=[
+                    DeviceView(
+                        config_id=c.id,
+                        protocol=c.protocol,
+                        device_name=c.device_name,
+                        server_name=c.server.name,
+                        country_code=c.server.country_code,
+                        is_active=c.is_active,
+                        created_at=c.created_at,
+                    )
+                    for c in configs
+                ],
+            )
+
+    async def available_protocols(self) -> list[VpnProtocol]:
+        """Protocols a new device could get right now (some node has room for it)."""
+        async with self._uow().read_only() as uow:
+            candidates = await _candidates(uow)
+        return [
+            p
+            for p in placement.AUTO_ORDER_RU
+            if p in PROVISIONED and placement.choose_node(candidates, p) is not None
+        ]
+
+    async def reissue_for(self, telegram_id: int, config_id: int) -> VpnConfig:
+        """Re-issue one of the user's own devices (another user's is "not found")."""
         async with self._uow() as uow:
-            config = await self._owned(uow, config_id, owner_user_id)
-            if config.protocol is VpnProtocol.WIREGUARD:
-                keys = wireguard.generate_keypair()
-                config.client_id = keys.public_key
-                config.secret_encrypted = self._seal(
-                    config.id, keys.private_key, wireguard.generate_preshared_key()
-                )
-                config.config_data = {**config.config_data, "public_key": keys.public_key}
-            elif config.protocol is VpnProtocol.OPENVPN:
-                # A new common name: the old certificate leaves the node's enabled set (and
-                # so lands in its CRL); the new profile is issued on the next export.
-                config.client_id = _common_name()
-                config.secret_encrypted = None
-                config.config_data = _without_claim(config.config_data)
-            elif config.protocol is VpnProtocol.VLESS:
-                config.client_id = str(uuid.uuid4())
-            else:
-                raise Unavailable(f"{config.protocol.value} configs cannot be re-issued")
-            await uow.touch_nodes([config.server_id])
+            owner = await self._owner(uow, telegram_id, config_id)
+            config = await self._reissue(uow, config_id, owner)
             await uow.commit()
             return config
 
+    async def delete_for(self, telegram_id: int, config_id: int) -> None:
+        """Delete one of the user's own devices (another user's is "not found")."""
+        async with self._uow() as uow:
+            owner = await self._owner(uow, telegram_id, config_id)
+            await self._delete(uow, config_id, owner)
+            await uow.commit()
+
+    async def reissue(self, config_id: int, *, owner_user_id: int | None = None) -> VpnConfig:
+        """New keys for a device (the old ones stop working once the node converges)."""
+        async with self._uow() as uow:
+            config = await self._reissue(uow, config_id, owner_user_id)
+            await uow.commit()
+            return config
+
+    async def _reissue(
+        self, uow: UnitOfWork, config_id: int, owner_user_id: int | None
+    ) -> VpnConfig:
+        config = await self._owned(uow, config_id, owner_user_id)
+        if config.protocol is VpnProtocol.WIREGUARD:
+            keys = wireguard.generate_keypair()
+            config.client_id = keys.public_key
+            config.secret_encrypted = self._seal(
+                config.id, keys.private_key, wireguard.generate_preshared_key()
+            )
+            config.config_data = {**config.config_data, "public_key": keys.public_key}
+        elif config.protocol is VpnProtocol.OPENVPN:
+            # A new common name: the old certificate leaves the node's enabled set (and
+            # so lands in its CRL); the new profile is issued on the next export.
+            config.client_id = _common_name()
+            config.secret_encrypted = None
+            config.config_data = _without_claim(config.config_data)
+        elif config.protocol is VpnProtocol.VLESS:
+            config.client_id = str(uuid.uuid4())
+        else:
+            raise Unavailable(f"{config.protocol.value} configs cannot be re-issued")
+        await uow.touch_nodes([config.server_id])
+        return config
+
     async def delete(self, config_id: int, *, owner_user_id: int | None = None) -> None:
         async with self._uow() as uow:
-            config = await self._owned(uow, config_id, owner_user_id)
-            server_id = config.server_id
-            await uow.configs.delete(config)
-            await uow.touch_nodes([server_id])
+            await self._delete(uow, config_id, owner_user_id)
             await uow.commit()
+
+    async def _delete(self, uow: UnitOfWork, config_id: int, owner_user_id: int | None) -> None:
+        config = await self._owned(uow, config_id, owner_user_id)
+        server_id = config.server_id
+        await uow.configs.delete(config)
+        await uow.touch_nodes([server_id])
+
+    async def _owner(self, uow: UnitOfWork, telegram_id: int, config_id: int) -> int:
+        """The user id behind ``telegram_id``; an unknown user owns nothing."""
+        user = await uow.users.get_by_telegram_id(telegram_id)
+        if user is None:
+            raise ConfigNotFound(f"no config with id {config_id}")
+        return user.id
 
     # -- internals ---------------------------------------------------------------------
 
@@ -261,20 +348,7 @@ class ConfigService(Service):
                 f"the subscription allows {subscription.device_limit} device(s); delete one first"
             )
         servers = list(await uow.nodes.list_all(enrolled_only=True))
-        counts = await uow.configs.counts_by_server()
-        candidates = [
-            placement.NodeCandidate(
-                server_id=s.id,
-                status=s.status,
-                is_active=s.is_active,
-                is_maintenance=s.is_maintenance,
-                protocols=served_protocols(s),
-                country_code=s.country_code,
-                configs=counts.get(s.id, 0),
-                max_users=_capacity(s),
-            )
-            for s in servers
-        ]
+        candidates = await _candidates(uow, servers)
         order = placement.protocol_candidates(
             explicit=protocol,
             preferred=user.preferred_protocol,
@@ -513,6 +587,28 @@ class ConfigService(Service):
                 persistent_keepalive=self._vpn.wireguard_keepalive,
             )
         )
+
+
+async def _candidates(
+    uow: UnitOfWork, servers: Sequence[Server] | None = None
+) -> list[placement.NodeCandidate]:
+    """Every enrolled node as placement sees it."""
+    if servers is None:
+        servers = await uow.nodes.list_all(enrolled_only=True)
+    counts = await uow.configs.counts_by_server()
+    return [
+        placement.NodeCandidate(
+            server_id=s.id,
+            status=s.status,
+            is_active=s.is_active,
+            is_maintenance=s.is_maintenance,
+            protocols=served_protocols(s),
+            country_code=s.country_code,
+            configs=counts.get(s.id, 0),
+            max_users=node_capacity(s),
+        )
+        for s in servers
+    ]
 
 
 def open_secret(box: SecretBox, config_id: int, blob: bytes | None) -> dict[str, str | None]:

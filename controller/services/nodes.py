@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import ipaddress
 import re
 import secrets
@@ -26,6 +27,7 @@ from controller.nodes.ca import ensure_ca, load_ca_certificate, load_ca_in
 from controller.nodes.pki import PkiError, cert_to_pem, fingerprint
 from controller.services import audit
 from controller.services.base import Actor, Clock, Service
+from controller.services.configs import node_capacity, served_protocols
 from controller.settings import EnrollmentSettings
 from proto.nodeapi.v1.enrollment import SECRET_BYTES, EnrollmentToken, hash_secret
 
@@ -55,6 +57,24 @@ class NodeDraft:
 class Removal:
     configs_deleted: int
     removed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LocationView:
+    """A node as clients choose it: where it is, how full, and whether it takes devices."""
+
+    server_id: int
+    name: str
+    country: str
+    country_code: str
+    city: str
+    status: NodeStatus
+    load_percent: int  # configs placed / capacity, 0..100
+    protocols: frozenset[VpnProtocol]
+    available: bool  # a new device could be placed there now
+
+
+_HEALTHY = frozenset({NodeStatus.ONLINE, NodeStatus.DEGRADED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +280,38 @@ class NodeService(Service):
     async def get(self, name: str) -> Server:
         async with self._uow() as uow:
             return await _require(uow, name)
+
+    async def locations(self) -> builtins.list[LocationView]:
+        """Active, enrolled nodes by country, city and name (for the client's choice)."""
+        async with self._uow().read_only() as uow:
+            servers = await uow.nodes.list_all(enrolled_only=True)
+            counts = await uow.configs.counts_by_server()
+        views: builtins.list[LocationView] = []
+        for server in servers:
+            if not server.is_active:
+                continue
+            capacity = node_capacity(server)
+            placed = counts.get(server.id, 0)
+            protocols = served_protocols(server)
+            views.append(
+                LocationView(
+                    server_id=server.id,
+                    name=server.name,
+                    country=server.country,
+                    country_code=server.country_code,
+                    city=server.city,
+                    status=server.status,
+                    load_percent=min(100, placed * 100 // capacity) if capacity > 0 else 100,
+                    protocols=protocols,
+                    available=(
+                        not server.is_maintenance
+                        and server.status in _HEALTHY
+                        and placed < capacity
+                        and bool(protocols)
+                    ),
+                )
+            )
+        return sorted(views, key=lambda v: (v.country_code, v.city, v.name))
 
     async def config_counts(self) -> dict[int, int]:
         async with self._uow() as uow:

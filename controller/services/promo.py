@@ -166,25 +166,39 @@ class PromoService(Service):
             raise UserNotFound(f"no user with id {user_id}")
         if user.is_banned:
             raise UserBanned("this user is banned")
-        promo = await uow.promo.get_by_code(code)
-        if promo is None:
-            raise PromoCodeNotFound(f"no promo code {code}")
-        now = self._now()
-        if (
-            not promo.is_active
-            or (promo.valid_from is not None and now < promo.valid_from)
-            or (promo.valid_until is not None and now >= promo.valid_until)
-        ):
-            raise PromoCodeInactive(f"promo code {code} is not valid now")
-        if promo.kind is not kind:
-            raise PromoCodeInactive(f"promo code {code} gives {promo.kind.value}, not {kind.value}")
-        if plan_id is not None and promo.plan_id is not None and promo.plan_id != plan_id:
-            raise PromoCodeInactive(f"promo code {code} is for another plan")
-        if promo.max_uses is not None and promo.uses_count >= promo.max_uses:
-            raise PromoCodeExhausted(f"promo code {code} has been used up")
-        if await uow.promo.redemption_exists(promo.id, user_id):
-            raise PromoCodeAlreadyUsed("you have already used this promo code")
-        return promo
+        return await usable_code(uow, user.id, code, kind, now=self._now(), plan_id=plan_id)
+
+
+async def usable_code(
+    uow: UnitOfWork,
+    user_id: int,
+    code: str,
+    kind: PromoKind,
+    *,
+    now: datetime,
+    plan_id: int | None = None,
+) -> PromoCode:
+    """The promo code ``code`` if ``user_id`` may use it now (for ``plan_id``), else the
+    reason why not. The caller has checked the user (exists, not banned)."""
+    code = rules.normalize_promo_code(code)
+    promo = await uow.promo.get_by_code(code)
+    if promo is None:
+        raise PromoCodeNotFound(f"no promo code {code}")
+    if (
+        not promo.is_active
+        or (promo.valid_from is not None and now < promo.valid_from)
+        or (promo.valid_until is not None and now >= promo.valid_until)
+    ):
+        raise PromoCodeInactive(f"promo code {code} is not valid now")
+    if promo.kind is not kind:
+        raise PromoCodeInactive(f"promo code {code} gives {promo.kind.value}, not {kind.value}")
+    if plan_id is not None and promo.plan_id is not None and promo.plan_id != plan_id:
+        raise PromoCodeInactive(f"promo code {code} is for another plan")
+    if promo.max_uses is not None and promo.uses_count >= promo.max_uses:
+        raise PromoCodeExhausted(f"promo code {code} has been used up")
+    if await uow.promo.redemption_exists(promo.id, user_id):
+        raise PromoCodeAlreadyUsed("you have already used this promo code")
+    return promo
 
 
 async def consume(uow: UnitOfWork, promo: PromoCode) -> None:

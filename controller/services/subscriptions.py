@@ -1,4 +1,5 @@
-"""Subscriptions: creation from a plan, extension, suspension, expiry and traffic limits."""
+"""Subscriptions: creation from a plan, extension, suspension, expiry and traffic limits,
+the client's overview of them and the one-time trial."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from controller.db.models import Subscription, SubscriptionPlan
+from controller.db.models import Subscription, SubscriptionPlan, User
 from controller.db.models.users import new_referral_code
+from controller.db.repositories import SubscriptionRow
 from controller.db.uow import UnitOfWork
 from controller.domain import rules
 from controller.domain.enums import SubscriptionStatus, SuspendReason
@@ -17,6 +19,8 @@ from controller.domain.errors import (
     PlanInactive,
     PlanNotFound,
     SubscriptionNotFound,
+    TrialAlreadyUsed,
+    TrialUnavailable,
     UserBanned,
     UserNotFound,
 )
@@ -33,7 +37,98 @@ class TrafficResult:
     suspended_now: bool
 
 
+@dataclass(frozen=True, slots=True)
+class SubscriptionView:
+    """A subscription as the client sees it (with its plan's name and device count)."""
+
+    id: int
+    plan_id: int | None
+    plan_name: str | None
+    status: SubscriptionStatus
+    suspend_reason: SuspendReason | None
+    started_at: datetime | None
+    expires_at: datetime | None
+    traffic_used_bytes: int
+    traffic_limit_bytes: int | None
+    device_limit: int
+    devices_used: int
+    auto_renew: bool
+
+    @classmethod
+    def of(cls, row: SubscriptionRow) -> SubscriptionView:
+        s = row.subscription
+        return cls(
+            id=s.id,
+            plan_id=s.plan_id,
+            plan_name=row.plan_name,
+            status=s.status,
+            suspend_reason=s.suspend_reason,
+            started_at=s.started_at,
+            expires_at=s.expires_at,
+            traffic_used_bytes=s.traffic_used_bytes,
+            traffic_limit_bytes=s.traffic_limit_bytes,
+            device_limit=s.device_limit,
+            devices_used=row.devices_used,
+            auto_renew=s.auto_renew,
+        )
+
+
 class SubscriptionService(Service):
+    async def overview(self, telegram_id: int) -> list[SubscriptionView]:
+        """The user's subscriptions, newest first."""
+        async with self._uow().read_only() as uow:
+            user = await require_user(uow, telegram_id)
+            return [SubscriptionView.of(r) for r in await uow.subscriptions.rows_for_user(user.id)]
+
+    async def view(self, telegram_id: int, subscription_id: int) -> SubscriptionView:
+        """One of the user's own subscriptions (another user's is "not found")."""
+        async with self._uow().read_only() as uow:
+            user = await require_user(uow, telegram_id)
+            return await _view(uow, user.id, subscription_id)
+
+    async def set_auto_renew_for(
+        self, telegram_id: int, subscription_id: int, enabled: bool
+    ) -> SubscriptionView:
+        async with self._uow() as uow:
+            user = await require_user(uow, telegram_id)
+            subscription = await uow.subscriptions.get(subscription_id, for_update=True)
+            if subscription is None or subscription.user_id != user.id:
+                raise SubscriptionNotFound(f"no subscription with id {subscription_id}")
+            subscription.auto_renew = enabled
+            await uow.session.flush()
+            view = await _view(uow, user.id, subscription_id)
+            await uow.commit()
+            return view
+
+    async def start_trial(self, telegram_id: int) -> Subscription:
+        """The one free trial a user gets, on the active trial plan.
+
+        ``trial_used_at`` is claimed with a conditional UPDATE in the same transaction as the
+        subscription, so two simultaneous requests give one trial, and a failure gives none.
+        """
+        now = self._now()
+        async with self._uow() as uow:
+            user = await require_user(uow, telegram_id)
+            if user.is_banned:
+                raise UserBanned("this user is banned")
+            if user.trial_used_at is not None:
+                raise TrialAlreadyUsed("the free trial has already been used")
+            if await uow.subscriptions.current_active(user.id, now) is not None:
+                raise TrialAlreadyUsed(
+                    "the free trial is for newcomers; you already have an active subscription"
+                )
+            plan = await uow.plans.trial_plan()
+            if plan is None:
+                raise TrialUnavailable("no free trial is offered right now")
+            if not await uow.users.claim_trial(user.id, now):
+                raise TrialAlreadyUsed("the free trial has already been used")
+            subscription = await start_from_plan(uow, user.id, plan.id, now=now)
+            await uow.activity.add(
+                user.id, "trial_started", {"plan_id": plan.id, "subscription_id": subscription.id}
+            )
+            await uow.commit()
+            return subscription
+
     async def create_from_plan(
         self,
         user_id: int,
@@ -73,7 +168,7 @@ class SubscriptionService(Service):
             subscription = await _require(uow, subscription_id)
             now = self._now()
             extend_locked(subscription, days, now)
-            await _keep_ban(uow, subscription, now)
+            await keep_ban(uow, subscription, now)
             await uow.touch_subscriptions([subscription.id])
             if actor is not None:
                 await audit.record(
@@ -124,14 +219,14 @@ class SubscriptionService(Service):
             if current is not None:
                 subscription = await _require(uow, current.id)
                 if plan_id is not None:
-                    plan = await _require_plan(uow, plan_id, allow_inactive=True)
-                    _renew_locked(subscription, plan, now)
+                    plan = await require_plan(uow, plan_id, allow_inactive=True)
+                    renew_locked(subscription, plan, now)
                 else:
                     assert days is not None
                     extend_locked(subscription, days, now)
                 if devices is not None:
                     subscription.device_limit = devices
-                await _keep_ban(uow, subscription, now)
+                await keep_ban(uow, subscription, now)
             elif plan_id is not None:
                 subscription = await start_from_plan(
                     uow, user.id, plan_id, now=now, allow_inactive_plan=True
@@ -170,10 +265,10 @@ class SubscriptionService(Service):
         period (lifting a traffic-limit suspension)."""
         async with self._uow() as uow:
             subscription = await _require(uow, subscription_id)
-            plan = await _require_plan(uow, plan_id, allow_inactive=False)
+            plan = await require_plan(uow, plan_id, allow_inactive=False)
             now = self._now()
-            _renew_locked(subscription, plan, now)
-            await _keep_ban(uow, subscription, now)
+            renew_locked(subscription, plan, now)
+            await keep_ban(uow, subscription, now)
             await uow.touch_subscriptions([subscription.id])
             await uow.commit()
             return subscription
@@ -293,18 +388,23 @@ async def start_from_plan(
     now: datetime,
     allow_inactive_plan: bool = False,
     days: int | None = None,
+    allow_banned: bool = False,
 ) -> Subscription:
-    """Create an active subscription inside ``uow`` (shared by services that sell or grant)."""
+    """Create an active subscription inside ``uow`` (shared by services that sell or grant).
+
+    ``allow_banned`` is for what a banned user already paid for: the subscription is made,
+    but held suspended by the ban (unbanning restores it) instead of being refused.
+    """
 
     # Share-locked: a ban in progress is waited for, so it cannot miss this subscription.
     user = await uow.users.get(user_id, for_share=True)
     if user is None:
         raise UserNotFound(f"no user with id {user_id}")
-    if user.is_banned:
+    if user.is_banned and not allow_banned:
         raise UserBanned("this user is banned")
-    plan = await _require_plan(uow, plan_id, allow_inactive=allow_inactive_plan)
+    plan = await require_plan(uow, plan_id, allow_inactive=allow_inactive_plan)
     duration = rules.validate_days(days if days is not None else plan.duration_days)
-    return await uow.subscriptions.add(
+    subscription = await uow.subscriptions.add(
         Subscription(
             user_id=user.id,
             plan_id=plan.id,
@@ -317,9 +417,43 @@ async def start_from_plan(
             active_protocol=user.preferred_protocol,
         )
     )
+    if user.is_banned:
+        hold_for_ban(subscription, now)
+    return subscription
 
 
-def _renew_locked(subscription: Subscription, plan: SubscriptionPlan, now: datetime) -> None:
+async def start_plain(
+    uow: UnitOfWork, user_id: int, days: int, *, now: datetime, device_limit: int = 1
+) -> Subscription:
+    """A subscription of ``days`` without a plan (rewards); a banned owner gets it held
+    suspended by the ban."""
+    rules.validate_days(days)
+    user = await uow.users.get(user_id, for_share=True)
+    if user is None:
+        raise UserNotFound(f"no user with id {user_id}")
+    subscription = await uow.subscriptions.add(
+        Subscription(
+            user_id=user.id,
+            status=SubscriptionStatus.ACTIVE,
+            started_at=now,
+            expires_at=now + timedelta(days=days),
+            traffic_used_bytes=0,
+            device_limit=device_limit,
+            active_protocol=user.preferred_protocol,
+        )
+    )
+    if user.is_banned:
+        hold_for_ban(subscription, now)
+    return subscription
+
+
+def hold_for_ban(subscription: Subscription, now: datetime) -> None:
+    subscription.status = SubscriptionStatus.SUSPENDED
+    subscription.suspend_reason = SuspendReason.BANNED
+    subscription.suspended_at = now
+
+
+def renew_locked(subscription: Subscription, plan: SubscriptionPlan, now: datetime) -> None:
     """A renewal on ``plan``: its days, its limits, a fresh traffic period."""
     extend_locked(subscription, plan.duration_days, now)
     subscription.plan_id = plan.id
@@ -339,7 +473,7 @@ def extend_locked(subscription: Subscription, days: int, now: datetime) -> None:
         subscription.started_at = subscription.started_at or now
 
 
-async def _keep_ban(uow: UnitOfWork, subscription: Subscription, now: datetime) -> None:
+async def keep_ban(uow: UnitOfWork, subscription: Subscription, now: datetime) -> None:
     """A banned user's subscription never becomes active: it gains its time but stays
     suspended by the ban, so that unbanning restores it."""
     if subscription.status is SubscriptionStatus.SUSPENDED and subscription.suspend_reason in (
@@ -351,9 +485,7 @@ async def _keep_ban(uow: UnitOfWork, subscription: Subscription, now: datetime) 
     if owner is None or not owner.is_banned:
         return
     if subscription.status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.SUSPENDED):
-        subscription.status = SubscriptionStatus.SUSPENDED
-        subscription.suspend_reason = SuspendReason.BANNED
-        subscription.suspended_at = subscription.suspended_at or now
+        hold_for_ban(subscription, subscription.suspended_at or now)
 
 
 def _lift_suspension(subscription: Subscription, now: datetime) -> None:
@@ -366,6 +498,25 @@ def _lift_suspension(subscription: Subscription, now: datetime) -> None:
     )
     subscription.suspend_reason = None
     subscription.suspended_at = None
+
+
+async def require_user(uow: UnitOfWork, telegram_id: int) -> User:
+    user = await uow.users.get_by_telegram_id(telegram_id)
+    if user is None:
+        raise UserNotFound(f"no user with Telegram id {telegram_id}")
+    return user
+
+
+async def _view(uow: UnitOfWork, user_id: int, subscription_id: int) -> SubscriptionView:
+    rows = await uow.subscriptions.rows_for_user(user_id, subscription_id)
+    if not rows:
+        raise SubscriptionNotFound(f"no subscription with id {subscription_id}")
+    return SubscriptionView.of(rows[0])
+
+
+async def lock_subscription(uow: UnitOfWork, subscription_id: int) -> Subscription:
+    """Lock a subscription for a read-modify-write (owner first; see ``_require``)."""
+    return await _require(uow, subscription_id)
 
 
 async def _require(uow: UnitOfWork, subscription_id: int) -> Subscription:
@@ -385,7 +536,7 @@ async def _require(uow: UnitOfWork, subscription_id: int) -> Subscription:
     return subscription
 
 
-async def _require_plan(uow: UnitOfWork, plan_id: int, *, allow_inactive: bool) -> SubscriptionPlan:
+async def require_plan(uow: UnitOfWork, plan_id: int, *, allow_inactive: bool) -> SubscriptionPlan:
     plan = await uow.plans.get(plan_id)
     if plan is None:
         raise PlanNotFound(f"no plan with id {plan_id}")

@@ -1,20 +1,29 @@
-"""Users: idempotent registration from Telegram, roles, bans, language and activity."""
+"""Users: idempotent registration from Telegram (with referrals), roles, bans, language,
+protocol and server preferences, and activity."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+import structlog
 
-from controller.db.models import Subscription, User
+from controller.db.models import Referral, Subscription, User
 from controller.db.models.users import new_referral_code
 from controller.db.uow import UnitOfWork
 from controller.domain import rules
-from controller.domain.enums import SubscriptionStatus, SuspendReason, UserRole
-from controller.domain.errors import InvalidInput, UserNotFound
+from controller.domain.enums import SubscriptionStatus, SuspendReason, UserRole, VpnProtocol
+from controller.domain.errors import InvalidInput, NodeNotFound, UserNotFound
 from controller.services import audit
 from controller.services.base import Actor, Service
+from controller.services.configs import PROVISIONED
+
+log = structlog.get_logger(__name__)
+
+# What new_referral_code() makes (URL-safe base64), within the column's 16 characters.
+_REFERRAL_CODE = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +42,15 @@ class TelegramProfile:
 class Registration:
     user: User
     created: bool
+    referred_by: int | None = None  # the referrer's user id, when recorded by this call
+
+
+@dataclass(frozen=True, slots=True)
+class ReferralStats:
+    code: str
+    invited: int  # users who registered through this user's link
+    paid: int  # of them, those whose first payment earned the reward
+    reward_days: int  # days earned so far
 
 
 def _clip(value: str | None, limit: int = 255) -> str | None:
@@ -40,8 +58,15 @@ def _clip(value: str | None, limit: int = 255) -> str | None:
 
 
 class UserService(Service):
-    async def register(self, profile: TelegramProfile) -> Registration:
-        """Create the user on first contact; later calls refresh the profile. Safe to race."""
+    async def register(
+        self, profile: TelegramProfile, *, referral_code: str | None = None
+    ) -> Registration:
+        """Create the user on first contact; later calls refresh the profile. Safe to race.
+
+        A user created by this call with another user's ``referral_code`` (from a deep link)
+        is recorded as referred by them. An unknown, malformed or own code is ignored (a
+        link is not worth an error), and a known user is never re-referred.
+        """
         rules.validate_telegram_id(profile.telegram_id)
         now = self._now()
         async with self._uow() as uow:
@@ -69,10 +94,13 @@ class UserService(Service):
                 user.last_name = _clip(profile.last_name)
                 user.is_premium = profile.is_premium
                 user.last_activity = now
-            else:
-                await uow.activity.add(user.id, "registered")
+            referred_by = None
+            if new_id is not None:
+                referred_by = await _record_referral(uow, user, referral_code)
+                details = {"referred_by": referred_by} if referred_by is not None else None
+                await uow.activity.add(user.id, "registered", details)
             await uow.commit()
-            return Registration(user=user, created=new_id is not None)
+            return Registration(user=user, created=new_id is not None, referred_by=referred_by)
 
     async def get(self, telegram_id: int) -> User:
         async with self._uow() as uow:
@@ -205,6 +233,47 @@ class UserService(Service):
             await uow.commit()
             return user
 
+    async def set_preferred_protocol(self, telegram_id: int, protocol: VpnProtocol | None) -> User:
+        """The protocol new devices get first (None: no preference, automatic order)."""
+        if protocol is not None and protocol not in PROVISIONED:
+            raise InvalidInput(f"{protocol.value} is not offered")
+        async with self._uow() as uow:
+            user = await _require(uow, telegram_id, for_update=True)
+            user.preferred_protocol = protocol
+            await uow.commit()
+            return user
+
+    async def set_auto_select(self, telegram_id: int, enabled: bool) -> User:
+        """Whether placement may fall back from the preferred protocol to others."""
+        async with self._uow() as uow:
+            user = await _require(uow, telegram_id, for_update=True)
+            user.auto_select_protocol = enabled
+            await uow.commit()
+            return user
+
+    async def set_preferred_server(self, telegram_id: int, server_id: int | None) -> User:
+        """The node new devices go to first while it has room (None: the best one)."""
+        async with self._uow() as uow:
+            user = await _require(uow, telegram_id, for_update=True)
+            if server_id is not None:
+                server = await uow.nodes.get(server_id)
+                if server is None or not server.is_active or server.enrolled_at is None:
+                    raise NodeNotFound(f"no location with id {server_id}")
+            user.preferred_server_id = server_id
+            await uow.commit()
+            return user
+
+    async def referral_stats(self, telegram_id: int) -> ReferralStats:
+        async with self._uow().read_only() as uow:
+            user = await _require(uow, telegram_id)
+            counts = await uow.referrals.counts(user.id)
+            return ReferralStats(
+                code=user.referral_code,
+                invited=counts.invited,
+                paid=counts.rewarded,
+                reward_days=counts.reward_days,
+            )
+
     async def touch(self, telegram_id: int) -> None:
         """Record that the user was active just now."""
         async with self._uow() as uow:
@@ -214,6 +283,18 @@ class UserService(Service):
                 .values(last_activity=self._now())
             )
             await uow.commit()
+
+
+async def _record_referral(uow: UnitOfWork, user: User, code: str | None) -> int | None:
+    """Store who referred the just-created ``user``; the referrer's id, or None."""
+    if not isinstance(code, str) or not _REFERRAL_CODE.fullmatch(code):
+        return None
+    referrer = await uow.users.get_by_referral_code(code)
+    if referrer is None or referrer.id == user.id:
+        return None
+    await uow.referrals.add(Referral(referrer_id=referrer.id, referred_id=user.id))
+    log.info("referral_recorded", referrer_id=referrer.id, referred_id=user.id)
+    return referrer.id
 
 
 async def _require(uow: UnitOfWork, telegram_id: int, *, for_update: bool = False) -> User:
