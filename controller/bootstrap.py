@@ -112,6 +112,8 @@ async def open_container(
                 enrollment=settings.enrollment,
                 vpn=settings.vpn,
                 issuer=NodeIssuer(uow_factory, secrets),
+                payments=settings.payments,
+                referral=settings.referral,
             ),
             secrets=secrets,
             events=events,

@@ -8,14 +8,17 @@ from dataclasses import dataclass
 from controller.crypto import SecretBox
 from controller.db.base import utcnow
 from controller.db.uow import UnitOfWorkFactory
+from controller.payments import providers_from
 from controller.services.base import Actor, Clock
 from controller.services.configs import ConfigService, ProfileIssuer
 from controller.services.nodes import NodeService
+from controller.services.payments import PaymentService
 from controller.services.plans import PlanService
 from controller.services.promo import PromoService
 from controller.services.subscriptions import SubscriptionService
+from controller.services.support import SupportService
 from controller.services.users import UserService
-from controller.settings import EnrollmentSettings, VpnSettings
+from controller.settings import EnrollmentSettings, PaymentSettings, ReferralSettings, VpnSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +29,8 @@ class Services:
     promo: PromoService
     nodes: NodeService
     configs: ConfigService
+    payments: PaymentService
+    support: SupportService
 
 
 def build_services(
@@ -36,6 +41,8 @@ def build_services(
     enrollment: EnrollmentSettings | None = None,
     vpn: VpnSettings | None = None,
     issuer: ProfileIssuer | None = None,
+    payments: PaymentSettings | None = None,
+    referral: ReferralSettings | None = None,
 ) -> Services:
     # Without a master key (unit tests) secrets are sealed under a throwaway key.
     box = secrets if secrets is not None else SecretBox(os.urandom(32))
@@ -46,6 +53,13 @@ def build_services(
         promo=PromoService(uow_factory, clock),
         nodes=NodeService(uow_factory, clock, box, enrollment or EnrollmentSettings()),
         configs=ConfigService(uow_factory, clock, box, vpn or VpnSettings(), issuer),
+        payments=PaymentService(
+            uow_factory,
+            clock,
+            providers_from(payments or PaymentSettings()),
+            referral or ReferralSettings(),
+        ),
+        support=SupportService(uow_factory, clock),
     )
 
 
