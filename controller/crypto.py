@@ -8,6 +8,8 @@ other context fails.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 
 from cryptography.exceptions import InvalidTag
@@ -27,6 +29,13 @@ class SecretBox:
         if len(key) != KEY_BYTES:
             raise ValueError(f"the master key must be {KEY_BYTES} bytes")
         self._aead = AESGCM(key)
+        # A separate key for derivations, so a derived value never touches the AES key.
+        self._prf_key = hmac.new(key, b"vpnbot derive v1", hashlib.sha256).digest()
+
+    def derive(self, label: bytes) -> bytes:
+        """A stable secret for ``label`` (e.g. a bot's webhook token), the same in every
+        process that has the master key."""
+        return hmac.new(self._prf_key, label, hashlib.sha256).digest()
 
     def __repr__(self) -> str:  # never show the key
         return "SecretBox(<key hidden>)"

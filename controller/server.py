@@ -1,5 +1,5 @@
 """``vpnbot run``: one asyncio process with the HTTP API, the HTTPS enrollment listener, the
-hub that drives node agents, and the scheduler (bots join it in later issues)."""
+hub that drives node agents, the scheduler, and the Telegram bots whose tokens are set."""
 
 from __future__ import annotations
 
@@ -167,8 +167,18 @@ async def serve(settings: Settings, *, host: str, port: int) -> None:
             scheduler = build_scheduler(settings, container.services)
             if scheduler.jobs:
                 background.append(("scheduler", scheduler.run))
+        app = create_app(container)
+        if settings.telegram.client_bot_token is not None:
+            # Imported only when a bot runs: aiogram takes seconds to import.
+            from bots.common.webhook import mount
+            from bots.runtime import build_bots
+
+            bots = build_bots(container)
+            mount(app, bots)
+            for name, bot in bots.items():
+                background.append((f"{name}_bot", bot.run))
         config = uvicorn.Config(
-            create_app(container),
+            app,
             host=host,
             port=port,
             log_config=None,  # keep our structlog handlers

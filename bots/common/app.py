@@ -1,0 +1,167 @@
+"""One running bot: its aiogram Bot and Dispatcher, and how it gets updates.
+
+Long polling is the default. With a public URL (VPNBOT_API__PUBLIC_URL) the bot registers a
+webhook at ``<public url>/telegram/<name>/webhook`` with a secret token, and the FastAPI
+app feeds the updates Telegram posts there (see :mod:`bots.common.webhook`). The secret is
+derived from the master key and the bot token, so every controller process computes the
+same one and nothing extra has to be stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import structlog
+from aiogram import Bot, Dispatcher, Router
+from aiogram.client.default import DefaultBotProperties
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.enums import ParseMode
+from aiogram.fsm.storage.base import BaseStorage
+from aiogram.fsm.storage.memory import MemoryStorage
+from aiogram.fsm.storage.redis import RedisStorage
+from aiogram.types import BotCommand, Update
+from redis.asyncio import Redis
+
+from bots.common.context import UserCache
+from bots.common.middlewares import (
+    ErrorMiddleware,
+    ServicesMiddleware,
+    ThrottlingMiddleware,
+    UserMiddleware,
+)
+from bots.common.throttling import MemoryRateCounter, RateCounter, RedisRateCounter
+from controller.crypto import SecretBox
+from controller.services import Services
+
+log = structlog.get_logger(__name__)
+
+Mode = Literal["polling", "webhook"]
+
+
+def webhook_secret(secrets: SecretBox, token: str) -> str:
+    """A stable secret_token for this bot (Telegram allows 1-256 of A-Z a-z 0-9 _ -)."""
+    digest = secrets.derive(b"telegram-webhook:" + token.encode())
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def create_bot(token: str, api_url: str) -> Bot:
+    session = AiohttpSession(api=TelegramAPIServer.from_base(api_url))
+    return Bot(token, session=session, default=DefaultBotProperties(parse_mode=ParseMode.HTML))
+
+
+@dataclass
+class BotApp:
+    name: str
+    bot: Bot
+    dispatcher: Dispatcher
+    secret: str
+    mode: Mode
+    webhook_url: str | None = None
+    drop_pending_updates: bool = False
+    commands: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    redis: Redis | None = None
+    throttling: ThrottlingMiddleware | None = None
+
+    async def run(self) -> None:
+        """Serve until cancelled."""
+        try:
+            await self._announce_commands()
+            if self.mode == "webhook":
+                assert self.webhook_url is not None
+                await self.bot.set_webhook(
+                    self.webhook_url,
+                    secret_token=self.secret,
+                    allowed_updates=self.dispatcher.resolve_used_update_types(),
+                    drop_pending_updates=self.drop_pending_updates,
+                )
+                log.info("bot_webhook_set", bot=self.name, url=self.webhook_url)
+                await asyncio.Event().wait()
+            else:
+                await self.bot.delete_webhook(drop_pending_updates=self.drop_pending_updates)
+                log.info("bot_polling", bot=self.name)
+                await self.dispatcher.start_polling(
+                    self.bot,
+                    handle_signals=False,
+                    close_bot_session=False,
+                    allowed_updates=self.dispatcher.resolve_used_update_types(),
+                )
+        finally:
+            await self.close()
+
+    async def feed(self, update: dict[str, Any]) -> None:
+        """Handle one update Telegram posted to the webhook."""
+        parsed = Update.model_validate(update, context={"bot": self.bot})
+        await self.dispatcher.feed_update(self.bot, parsed)
+
+    async def _announce_commands(self) -> None:
+        for language, commands in self.commands.items():
+            await self.bot.set_my_commands(
+                [BotCommand(command=c, description=d) for c, d in commands],
+                language_code=None if language == "ru" else language,
+            )
+
+    async def close(self) -> None:
+        if self.throttling is not None:
+            await self.throttling.close()
+        with contextlib.suppress(Exception):
+            await self.dispatcher.storage.close()
+        await self.bot.session.close()
+        if self.redis is not None:
+            with contextlib.suppress(Exception):
+                await self.redis.aclose()
+
+
+def build_app(
+    *,
+    name: str,
+    token: str,
+    api_url: str,
+    routers: Sequence[Router],
+    services: Services,
+    secrets: SecretBox,
+    redis_url: str | None,
+    throttle_updates: int,
+    throttle_window: float,
+    mode: Mode = "polling",
+    webhook_url: str | None = None,
+    drop_pending_updates: bool = False,
+    commands: dict[str, list[tuple[str, str]]] | None = None,
+    user_cache: UserCache | None = None,
+    bot_factory: Callable[[str, str], Bot] = create_bot,
+    **workflow_data: Any,
+) -> BotApp:
+    """A dispatcher with the common middleware stack around ``routers``."""
+    redis = Redis.from_url(redis_url) if redis_url else None
+    storage: BaseStorage = (
+        RedisStorage(redis, state_ttl=86400, data_ttl=86400) if redis else MemoryStorage()
+    )
+    counter: RateCounter = (
+        RedisRateCounter(redis, throttle_updates, throttle_window, prefix=f"vpnbot:throttle:{name}")
+        if redis
+        else MemoryRateCounter(throttle_updates, throttle_window)
+    )
+    dispatcher = Dispatcher(storage=storage, **workflow_data)
+    throttling = ThrottlingMiddleware(counter)
+    dispatcher.update.outer_middleware(ErrorMiddleware())
+    dispatcher.update.outer_middleware(throttling)
+    dispatcher.update.outer_middleware(ServicesMiddleware(services))
+    dispatcher.update.outer_middleware(UserMiddleware(services, user_cache or UserCache()))
+    dispatcher.include_routers(*routers)
+    return BotApp(
+        name=name,
+        bot=bot_factory(token, api_url),
+        dispatcher=dispatcher,
+        secret=webhook_secret(secrets, token),
+        mode=mode,
+        webhook_url=webhook_url,
+        drop_pending_updates=drop_pending_updates,
+        commands=commands or {},
+        redis=redis,
+        throttling=throttling,
+    )

@@ -1,0 +1,1 @@
+"""Text catalogs of the bots, one module per language (``TEXTS``: key → template)."""
