@@ -525,7 +525,7 @@ async def test_a_promo_used_up_meanwhile_is_refused_at_pre_checkout_but_a_paymen
     assert done.subscription.expires_at == clock.now + timedelta(days=30)
     [promo] = await _rows(uow_factory, PromoCode)
     assert promo.uses_count == 1
-    assert [r.user_id for r in await _rows(uow_factory, PromoRedemption)] != [bob_id]
+    assert bob_id not in [r.user_id for r in await _rows(uow_factory, PromoRedemption)]
 
 
 # --- referral rewards -----------------------------------------------------------------------
