@@ -130,6 +130,9 @@ class PaymentService(Service):
             if user.is_banned:
                 raise UserBanned("this user is banned")
             plan = await require_plan(uow, plan_id, allow_inactive=False)
+            if plan.is_trial:
+                # Trials are given once per user (start_trial), never sold again and again.
+                raise PlanInactive(f"plan {plan_id} is a trial; it is not sold")
             if subscription_id is not None:
                 target = await uow.subscriptions.get(subscription_id)
                 if target is None or target.user_id != user.id:

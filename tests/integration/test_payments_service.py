@@ -408,6 +408,11 @@ async def test_invoice_refusals(services: Services, uow_factory: UnitOfWorkFacto
         await services.payments.create_invoice(ALICE, free_id)
     with pytest.raises(PaymentProviderUnavailable):
         await services.payments.create_invoice(ALICE, plan_id, provider="yookassa")
+    trial = await services.plans.create(
+        ADMIN, PlanDraft(name="Trial", duration_days=3, price_minor=100, is_trial=True)
+    )
+    with pytest.raises(PlanInactive):  # a trial is given once, never sold
+        await services.payments.create_invoice(ALICE, trial.id)
     await services.plans.set_active(ADMIN, plan_id, False)
     with pytest.raises(PlanInactive):
         await services.payments.create_invoice(ALICE, plan_id)
