@@ -16,13 +16,24 @@ against it through ``TelegramAPIServer.from_base(tg.base_url)``; the test plays 
         invoice = await alice.wait_message(lambda m: m.invoice is not None)
         result = await alice.pay(invoice)
 
-What is modelled and what is not is listed in README-like detail in the module docstrings:
-``formatting`` (HTML is parsed exactly, Markdown is not), ``methods.payments`` (Stars only),
-``methods.updates`` (long polling, webhooks).
+Modelled as Telegram does it (from telegram-bot-api's and tdlib's sources): HTML parse mode,
+trimming and limits of texts and captions, inline/reply keyboards and their limits, edits (an
+edit without reply_markup drops the inline keyboard; an identical edit is "not modified"),
+getUpdates offsets/limits/long polling/allowed_updates and the conflicts, webhooks with the
+secret header and the method a webhook may answer with, Stars invoices and charges, forum
+topics, privacy mode in groups, bots never seeing bots' messages.
+
+Not modelled: Markdown/MarkdownV2 (kept as sent, no entities); entities Telegram detects in a
+bot's text (urls, mentions); inline mode; users editing messages; channels and basic groups;
+topics in private chats; payment providers (only "XTR"); media other than photos and documents;
+files by URL; the public server's HTTPS/port rules for webhooks (plain http on loopback is
+fine here); the 3-second delays telegram-bot-api adds to repeated short polls and conflicts.
 """
 
-from .client import FakeBot, FakeGroup, FakeUser, Inbox
+from .client import FakeUser
 from .errors import ApiError, FakeTelegramUsageError
+from .handles import FakeBot, FakeGroup
+from .inbox import Inbox
 from .server import FakeTelegram
 from .state import PayResult, SentMessage, Topic, WebhookDelivery
 from .world import Call

@@ -1,4 +1,4 @@
-"""The test's side of Telegram: users who write, press buttons and pay; groups; bot handles."""
+"""The test's side of Telegram: users who write, press buttons, pay and block bots."""
 
 # The waiting helpers take timeout= (the shape tests are written against), like asyncio.wait_for.
 # ruff: noqa: ASYNC109
@@ -8,123 +8,28 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
-from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .errors import FakeTelegramUsageError
 from .formatting import utf16_len
+from .handles import FakeGroup
+from .inbox import BotRef, Inbox, Predicate, bot_state
 from .state import (
     Charge,
     ChatState,
-    Member,
     PayResult,
     SentMessage,
     StoredMessage,
-    Topic,
     UserState,
     now,
     random_id,
 )
-from .world import BotState, Call, QueryState
+from .world import BotState, QueryState
 
 if TYPE_CHECKING:
     from .server import FakeTelegram
 
-Predicate = Callable[[SentMessage], bool]
 _COMMAND = re.compile(r"(?<![^\s])/[A-Za-z0-9_]{1,32}(?:@[A-Za-z0-9_]{3,32})?")
-
-
-def bot_state(tg: FakeTelegram, bot: FakeBot | BotState | str | int | None) -> BotState:
-    """The bot a helper means; None is fine while the fake has exactly one bot."""
-    if isinstance(bot, FakeBot):
-        return bot.state
-    if isinstance(bot, BotState):
-        return bot
-    if isinstance(bot, int) and bot in tg.bots:
-        return tg.bots[bot]
-    if isinstance(bot, str) and bot in tg.bots_by_token:
-        return tg.bots_by_token[bot]
-    if bot is None and len(tg.bots) == 1:
-        return next(iter(tg.bots.values()))
-    if bot is None:
-        raise FakeTelegramUsageError(f"{len(tg.bots)} bots: say which one (bot=...)")
-    raise FakeTelegramUsageError(f"unknown bot: {bot!r}")
-
-
-def _key(message: StoredMessage) -> tuple[int, int, int]:
-    return (message.chat.bot_id, message.chat.id, message.message_id)
-
-
-class Inbox:
-    """Waiting for what bots post in some chats; each version of a message is taken once."""
-
-    def __init__(self, tg: FakeTelegram, chats: Callable[[], Iterable[ChatState]]) -> None:
-        self._tg = tg
-        self._chats = chats
-        self._taken: dict[tuple[int, int, int], int] = {}
-
-    def stored(self, bot_id: int | None = None) -> list[StoredMessage]:
-        found = [
-            message
-            for chat in self._chats()
-            for message in chat.messages.values()
-            if message.bot_id and (bot_id is None or message.bot_id == bot_id)
-        ]
-        return sorted(found, key=lambda m: m.created)
-
-    def views(self) -> list[SentMessage]:
-        return [m.view for m in self.stored() if m.view is not None]
-
-    def find(self, view: SentMessage) -> StoredMessage:
-        for message in self.stored():
-            if message.view is view or (
-                (message.bot_id, message.chat.id, message.message_id)
-                == (view.bot_id, view.chat_id, view.message_id)
-            ):
-                return message
-        raise FakeTelegramUsageError(f"message {view.message_id} is not in this chat")
-
-    async def wait(
-        self,
-        predicate: Predicate | None,
-        timeout: float,
-        bot_id: int | None = None,
-        thread_id: int | None = None,
-    ) -> SentMessage:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            candidates = sorted(self.stored(bot_id), key=lambda m: m.seq)
-            for message in candidates:
-                if message.version <= self._taken.get(_key(message), -1):
-                    continue
-                if thread_id is not None and message.thread_id != thread_id:
-                    continue
-                assert message.view is not None
-                if predicate is None or predicate(message.view):
-                    self._taken[_key(message)] = message.version
-                    return message.view
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                seen = [(m.message_id, m.text[:60], m.version) for m in candidates]
-                raise TimeoutError(f"no matching bot message within {timeout} s; seen: {seen}")
-            await self._tg.changed.wait(remaining)
-
-    async def wait_edit(self, view: SentMessage, timeout: float) -> SentMessage:
-        message = self.find(view)
-        baseline = max(self._taken.get(_key(message), 0), 0)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while message.version <= baseline:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise TimeoutError(
-                    f"message {message.message_id} was not edited within {timeout} s"
-                )
-            await self._tg.changed.wait(remaining)
-        self._taken[_key(message)] = message.version
-        assert message.view is not None
-        return message.view
 
 
 def _entities(text: str) -> list[dict[str, Any]]:
@@ -139,91 +44,6 @@ def _entities(text: str) -> list[dict[str, Any]]:
             }
         )
     return entities
-
-
-class FakeBot:
-    """A bot registered with the fake (what ``FakeTelegram.add_bot`` returns)."""
-
-    def __init__(self, tg: FakeTelegram, state: BotState) -> None:
-        self._tg = tg
-        self.state = state
-
-    @property
-    def id(self) -> int:
-        return self.state.id
-
-    @property
-    def token(self) -> str:
-        return self.state.token
-
-    @property
-    def username(self) -> str:
-        return self.state.user.username or ""
-
-    @property
-    def calls(self) -> list[Call]:
-        return self.state.calls
-
-    @property
-    def pending_updates(self) -> list[dict[str, Any]]:
-        return list(self.state.updates)
-
-    @property
-    def updates_confirmed(self) -> int:
-        return self.state.confirmed
-
-    @property
-    def webhook_url(self) -> str | None:
-        return self.state.webhook.url if self.state.webhook else None
-
-    def commands(self, scope: str = "default", language_code: str = "") -> list[dict[str, str]]:
-        """The commands setMyCommands stored for a scope type without a chat (or "chat:<id>")."""
-        kind, _, chat = scope.partition(":")
-        return list(self.state.commands.get((kind, chat, language_code), []))
-
-
-class FakeGroup:
-    """A supergroup (maybe a forum) that bots and users share."""
-
-    def __init__(self, tg: FakeTelegram, state: ChatState) -> None:
-        self._tg = tg
-        self.state = state
-        self.inbox = Inbox(tg, lambda: [state])
-
-    @property
-    def id(self) -> int:
-        return self.state.id
-
-    @property
-    def topics(self) -> dict[int, Topic]:
-        return self.state.topics
-
-    @property
-    def messages(self) -> list[SentMessage]:
-        """Messages bots posted here (service messages included), in order."""
-        return self.inbox.views()
-
-    def add(self, who: Any, status: str = "member", *, can_manage_topics: bool = True) -> None:
-        user = self._tg.member_state(who)
-        self.state.members[user.id] = Member(user, status, can_manage_topics=can_manage_topics)
-
-    def remove(self, who: Any) -> None:
-        user = self._tg.member_state(who)
-        self.state.members[user.id] = Member(user, "left")
-
-    async def wait_message(
-        self,
-        predicate: Predicate | None = None,
-        timeout: float = 5.0,
-        *,
-        bot: FakeBot | int | None = None,
-        thread_id: int | None = None,
-    ) -> SentMessage:
-        bot_id = bot_state(self._tg, bot).id if bot is not None else None
-        return await self.inbox.wait(predicate, timeout, bot_id, thread_id)
-
-    async def wait_edit(self, message: SentMessage, timeout: float = 5.0) -> SentMessage:
-        return await self.inbox.wait_edit(message, timeout)
 
 
 class FakeUser:
@@ -246,7 +66,7 @@ class FakeUser:
         """Messages bots sent to this user, in order, kept current on edits and deletes."""
         return self.inbox.views()
 
-    def _bot(self, bot: FakeBot | int | None) -> BotState:
+    def _bot(self, bot: BotRef) -> BotState:
         return bot_state(self._tg, bot)
 
     def _started_chat(self, bot: BotState) -> ChatState:
@@ -257,7 +77,7 @@ class FakeUser:
     # writing
 
     async def send(
-        self, text: str, *, bot: FakeBot | int | None = None, reply_to: int | None = None
+        self, text: str, *, bot: BotRef = None, reply_to: int | None = None
     ) -> dict[str, Any]:
         """Write to the bot in private (opening the chat); returns the message as bots see it."""
         state = self._bot(bot)
@@ -369,7 +189,7 @@ class FakeUser:
         predicate: Predicate | None = None,
         timeout: float = 5.0,
         *,
-        bot: FakeBot | int | None = None,
+        bot: BotRef = None,
     ) -> SentMessage:
         """The next bot message (or edited version) not taken by an earlier wait that matches."""
         bot_id = bot_state(self._tg, bot).id if bot is not None else None
@@ -407,7 +227,7 @@ class FakeUser:
         currency: str = "XTR",
         charge_id: str | None = None,
         *,
-        bot: FakeBot | int | None = None,
+        bot: BotRef = None,
     ) -> PayResult:
         """A successful_payment message as Telegram would send it, without a pre-checkout.
 
@@ -424,7 +244,7 @@ class FakeUser:
         total_amount: int,
         currency: str = "XTR",
         *,
-        bot: FakeBot | int | None = None,
+        bot: BotRef = None,
         timeout: float = 10.0,
     ) -> dict[str, Any]:
         """A raw pre_checkout_query; the bot's answer ({"ok", "error_message"})."""
@@ -485,11 +305,11 @@ class FakeUser:
 
     # blocking
 
-    def block(self, bot: FakeBot | int | None = None) -> None:
+    def block(self, bot: BotRef = None) -> None:
         """Block the bot: its sends fail with 403 and it gets a my_chat_member update."""
         self._membership(self._bot(bot), blocked=True)
 
-    def unblock(self, bot: FakeBot | int | None = None) -> None:
+    def unblock(self, bot: BotRef = None) -> None:
         self._membership(self._bot(bot), blocked=False)
 
     def _membership(self, bot: BotState, *, blocked: bool) -> None:

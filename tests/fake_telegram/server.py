@@ -14,8 +14,10 @@ import aiohttp
 from aiohttp import web
 
 from .args import Args, Upload, json_to_arg
-from .client import FakeBot, FakeGroup, FakeUser, bot_state
+from .client import FakeUser
 from .errors import ApiError, not_found, unauthorized
+from .handles import FakeBot, FakeGroup
+from .inbox import BotRef, bot_state
 from .methods import REGISTRY, Answer, Ctx, load
 from .methods.updates import CLOSING, abort_long_poll
 from .state import ChatState, UserState, WebhookDelivery, now
@@ -56,7 +58,11 @@ async def read_args(request: web.Request) -> Args:
 
 
 class FakeTelegram(World):
-    """A fake Telegram Bot API on 127.0.0.1 for tests (see the package docstring)."""
+    """A fake Telegram Bot API on 127.0.0.1 for tests (see the package docstring).
+
+    ``webhook_timeout`` bounds each POST to a webhook; a failed delivery (a non-2xx answer or
+    no answer) is retried after ``webhook_retry_delay`` seconds, in order, as Telegram does.
+    """
 
     def __init__(
         self,
@@ -136,12 +142,18 @@ class FakeTelegram(World):
         can_join_groups: bool = True,
         can_read_all_group_messages: bool = False,
     ) -> FakeBot:
+        """Register a bot; its id is the number before the token's ':'.
+
+        Adding the same token again returns the same bot.
+        """
         match = _TOKEN.match(token)
         if match is None:
             raise ValueError(f"not a bot token: {token!r} (expected '<id>:<secret>')")
         bot_id = int(match.group(1))
-        if bot_id in self.bots:
-            raise ValueError(f"bot {bot_id} was already added")
+        if token in self.bots_by_token:
+            return FakeBot(self, self.bots_by_token[token])  # the same bot, added again
+        if bot_id in self.bots or bot_id in self.users:
+            raise ValueError(f"bot id {bot_id} is already taken")
         user = UserState(bot_id, first_name, username=username or f"test{bot_id}_bot", is_bot=True)
         bot = BotState(
             bot_id,
@@ -220,7 +232,7 @@ class FakeTelegram(World):
         """The next ``times`` calls of ``method`` (by any bot) get 429 with this retry_after."""
         self.rate_limits[method.lower()] = [times, retry_after]
 
-    def updates_confirmed(self, bot: FakeBot | str | int) -> int:
+    def updates_confirmed(self, bot: BotRef) -> int:
         """The highest update_id the bot has confirmed (0 before any)."""
         return bot_state(self, bot).confirmed
 
