@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from bots import client
-from bots.client.settings import ClientSettings
 from bots.common.app import BotApp, Mode, build_app
 from bots.common.webhook import webhook_path
 from controller.bootstrap import Container
-from controller.payments.stars import StarsProvider
 from controller.settings import Settings, SettingsError
 
 
@@ -30,8 +28,6 @@ def build_bots(container: Container) -> dict[str, BotApp]:
     bots: dict[str, BotApp] = {}
     mode = bot_mode(settings)
     if telegram.client_bot_token is not None:
-        payments = settings.payments
-        stars = StarsProvider(payments.stars_unit_price_minor) if payments.stars_enabled else None
         bots["client"] = build_app(
             name="client",
             token=telegram.client_bot_token.get_secret_value(),
@@ -48,6 +44,5 @@ def build_bots(container: Container) -> dict[str, BotApp]:
             ),
             drop_pending_updates=telegram.drop_pending_updates,
             commands=client.COMMANDS,
-            client_settings=ClientSettings(stars=stars),
         )
     return bots

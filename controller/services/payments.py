@@ -35,7 +35,7 @@ from controller.domain.errors import (
     UserBanned,
     UserNotFound,
 )
-from controller.payments import PaymentProvider
+from controller.payments import Charge, PaymentProvider
 from controller.payments.stars import StarsProvider
 from controller.services.base import Clock, Service
 from controller.services.promo import usable_code
@@ -109,6 +109,14 @@ class PaymentService(Service):
         super().__init__(uow_factory, clock)
         self._providers = dict(providers)
         self._referral = referral
+
+    def charge_for(
+        self, price_minor: int, currency: str, provider: str = DEFAULT_PROVIDER
+    ) -> Charge | None:
+        """What ``provider`` would charge for a price (None: it is off or cannot charge it),
+        for showing a price before an invoice exists."""
+        chosen = self._providers.get(provider)
+        return None if chosen is None else chosen.charge_for(price_minor, currency)
 
     async def create_invoice(
         self,

@@ -78,7 +78,7 @@ def test_both_languages_take_the_same_values(key: str) -> None:
 
 
 class _TagBalance(html.parser.HTMLParser):
-    allowed = {"b", "i", "u", "s", "code", "pre", "a", "blockquote"}
+    allowed = frozenset({"b", "i", "u", "s", "code", "pre", "a", "blockquote"})
 
     def __init__(self) -> None:
         super().__init__()

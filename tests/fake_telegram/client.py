@@ -146,6 +146,14 @@ class FakeUser:
             )
         if "callback_data" not in button:
             raise FakeTelegramUsageError(f"button {button.get('text')!r} sends no callback")
+        return self._callback(stored, button["callback_data"])
+
+    async def forge_callback(self, message: SentMessage, data: str) -> str:
+        """A callback query with any ``data`` on one of this user's messages: what a modified
+        client, or a keyboard the bot has since replaced, sends. The bot must not trust it."""
+        return self._callback(self._visible(message), data)
+
+    def _callback(self, stored: StoredMessage, data: str) -> str:
         bot = self._tg.bots[stored.bot_id]
         query_id = random_id()
         loop = asyncio.get_running_loop()
@@ -157,7 +165,7 @@ class FakeUser:
                 "from": self.state.json(),
                 "message": stored.json(),
                 "chat_instance": stored.chat.chat_instance,
-                "data": button["callback_data"],
+                "data": data,
             },
         )
         return query_id

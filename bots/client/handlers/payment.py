@@ -18,8 +18,7 @@ from aiogram.fsm.state import State, StatesGroup
 from aiogram.types import CallbackQuery, LabeledPrice, Message, PreCheckoutQuery
 
 from bots.client.callbacks import MenuCb, PlanAction, PlanCb, Screen, SubAction, SubCb
-from bots.client.handlers.subscription import plan_terms
-from bots.client.settings import ClientSettings
+from bots.client.handlers.subscription import STARS, plan_terms
 from bots.common.context import BotUser
 from bots.common.formatting import clip, moment
 from bots.common.i18n import I18n
@@ -27,14 +26,13 @@ from bots.common.keyboards import keyboard
 from bots.common.middlewares import error_text
 from bots.common.routes import Routes
 from bots.common.screens import answer
-from controller.domain.errors import DomainError, PaymentMismatch, PaymentNotFound, Unavailable
+from controller.domain.errors import DomainError, PaymentMismatch, PaymentNotFound
 from controller.services import Services
 
 log = structlog.get_logger(__name__)
 router = Routes("client.payment")
 
 PRE_CHECKOUT_DEADLINE = 7.0  # seconds of Telegram's 10 spent on our check at most
-STARS = "telegram_stars"
 
 
 class PromoInput(StatesGroup):
@@ -81,9 +79,7 @@ async def on_buy(
     services: Services,
     user: BotUser,
     i18n: I18n,
-    client_settings: ClientSettings,
 ) -> None:
-    _require_stars(client_settings)
     await send_invoice(bot, user.telegram_id, services, user, i18n, callback_data.plan_id)
     await answer(query)
 
@@ -118,7 +114,6 @@ async def on_promo_code(
     services: Services,
     user: BotUser,
     i18n: I18n,
-    client_settings: ClientSettings,
 ) -> None:
     data = await state.get_data()
     await state.clear()
@@ -126,7 +121,6 @@ async def on_promo_code(
     if not isinstance(plan_id, int) or message.text is None:
         await message.answer(i18n.t("error.stale_button"))
         return
-    _require_stars(client_settings)
     await send_invoice(
         bot, message.chat.id, services, user, i18n, plan_id, promo_code=message.text.strip()
     )
@@ -140,9 +134,7 @@ async def on_renew(
     services: Services,
     user: BotUser,
     i18n: I18n,
-    client_settings: ClientSettings,
 ) -> None:
-    _require_stars(client_settings)
     view = await services.subscriptions.view(user.telegram_id, callback_data.subscription_id)
     if view.plan_id is None:
         await answer(query, i18n.t("subscription.renew_choose_plan"), alert=True)
@@ -234,8 +226,3 @@ async def _refund(bot: Bot, user_id: int, currency: str, charge_id: str) -> bool
     except TelegramBadRequest as exc:
         log.info("refund_refused", tg_user_id=user_id, reason=exc.message)
         return False
-
-
-def _require_stars(settings: ClientSettings) -> None:
-    if settings.stars is None:
-        raise Unavailable("Telegram Stars payments are switched off")

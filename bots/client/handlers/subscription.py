@@ -6,7 +6,6 @@ from aiogram import F
 from aiogram.types import CallbackQuery
 
 from bots.client.callbacks import MenuCb, PlanAction, PlanCb, Screen, SubAction, SubCb
-from bots.client.settings import ClientSettings
 from bots.common.context import BotUser
 from bots.common.formatting import day, esc, moment, price, size
 from bots.common.i18n import I18n
@@ -19,6 +18,7 @@ from controller.services import Services
 from controller.services.subscriptions import SubscriptionView
 
 router = Routes("client.subscription")
+STARS = "telegram_stars"  # the provider name payments are stored under
 
 
 def plan_terms(i18n: I18n, plan: SubscriptionPlan) -> str:
@@ -30,8 +30,9 @@ def plan_terms(i18n: I18n, plan: SubscriptionPlan) -> str:
     return i18n.t("plan.terms", days=plan.duration_days, devices=plan.device_limit, traffic=traffic)
 
 
-def stars_price(settings: ClientSettings, plan: SubscriptionPlan) -> int | None:
-    charge = settings.stars.charge_for(plan.price_minor, plan.currency) if settings.stars else None
+def stars_price(services: Services, plan: SubscriptionPlan) -> int | None:
+    """The plan's price in stars, or None when Stars payments are off."""
+    charge = services.payments.charge_for(plan.price_minor, plan.currency, STARS)
     return None if charge is None else charge.amount_minor
 
 
@@ -55,13 +56,12 @@ async def on_plan(
     callback_data: PlanCb,
     services: Services,
     i18n: I18n,
-    client_settings: ClientSettings,
 ) -> None:
     plan = await services.plans.get(callback_data.plan_id)
     if not plan.is_active or plan.is_trial:
         await show(query, i18n.t("error.plan_inactive"), keyboard(_plans(i18n)))
         return
-    stars = stars_price(client_settings, plan)
+    stars = stars_price(services, plan)
     lines = [f"<b>{esc(plan.name)}</b>"]
     if plan.description:
         lines.append(esc(plan.description))

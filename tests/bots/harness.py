@@ -1,0 +1,69 @@
+"""The client bot under test: real aiogram dispatch and session against the fake Bot API.
+
+async with running_client_bot(services, tg) as app:     # long polling, like production
+    alice = tg.user(1001, first_name="Alice")
+    await alice.send("/start")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+
+from bots import client
+from bots.common.app import BotApp, Mode, build_app
+from controller.crypto import SecretBox
+from controller.services import Services
+from tests.fake_telegram import FakeTelegram
+
+TOKEN = "123456:TEST-client-bot-token"
+
+
+def client_app(
+    services: Services,
+    tg: FakeTelegram,
+    *,
+    token: str = TOKEN,
+    redis_url: str | None = None,
+    throttle_updates: int = 1000,
+    throttle_window: float = 1.0,
+    mode: Mode = "polling",
+    webhook_url: str | None = None,
+    secrets: SecretBox | None = None,
+) -> BotApp:
+    return build_app(
+        name="client",
+        token=token,
+        api_url=tg.base_url,
+        routers=client.get_routers(),
+        services=services,
+        secrets=secrets or SecretBox(os.urandom(32)),
+        redis_url=redis_url,
+        throttle_updates=throttle_updates,
+        throttle_window=throttle_window,
+        mode=mode,
+        webhook_url=webhook_url,
+        commands=client.COMMANDS,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(app: BotApp) -> AsyncIterator[BotApp]:
+    task = asyncio.create_task(app.run(), name=f"bot-{app.name}")
+    try:
+        yield app
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def running_client_bot(
+    services: Services, tg: FakeTelegram, **kwargs: object
+) -> AsyncIterator[BotApp]:
+    tg.add_bot(TOKEN, username="vpn_test_bot", first_name="VPN")  # the same bot if known
+    async with running(client_app(services, tg, **kwargs)) as app:  # type: ignore[arg-type]
+        yield app
