@@ -9,8 +9,14 @@ answered by the fallback handler in :mod:`bots.client.handlers.start`.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated
 
 from aiogram.filters.callback_data import CallbackData
+from pydantic import Field
+
+# A database id as callback data may carry it: bounded, so a forged huge number is refused
+# at parsing instead of reaching the database driver.
+Id = Annotated[int, Field(ge=0, le=2**53)]
 
 
 class Screen(StrEnum):
@@ -42,7 +48,7 @@ class PlanAction(StrEnum):
 
 
 class PlanCb(CallbackData, prefix="pl"):
-    plan_id: int
+    plan_id: Id
     action: PlanAction
 
 
@@ -54,7 +60,7 @@ class SubAction(StrEnum):
 
 
 class SubCb(CallbackData, prefix="sb"):
-    subscription_id: int
+    subscription_id: Id
     action: SubAction
 
 
@@ -68,7 +74,7 @@ class DeviceAction(StrEnum):
 
 
 class DeviceCb(CallbackData, prefix="dv"):
-    config_id: int
+    config_id: Id
     action: DeviceAction
 
 
@@ -88,7 +94,7 @@ class NewDeviceCb(CallbackData, prefix="nd"):
 
 
 class ServerCb(CallbackData, prefix="sv"):
-    server_id: int  # 0 = automatic choice
+    server_id: Id  # 0 = automatic choice
 
 
 class ProtocolCb(CallbackData, prefix="pp"):
@@ -100,4 +106,4 @@ class LanguageCb(CallbackData, prefix="lg"):
 
 
 class TicketCb(CallbackData, prefix="tk"):
-    ticket_id: int
+    ticket_id: Id
