@@ -141,21 +141,21 @@ async def invoice_for_en(user: FakeUser, plan_id: int) -> SentMessage:
 async def test_a_flood_is_throttled_and_its_last_action_is_kept(
     engine: AsyncEngine, tmp_path: Path, tg: FakeTelegram
 ) -> None:
-    async with ControllerHarness.open(engine, tmp_path, start_hub=False) as controller:
-        async with running_client_bot(
-            controller.services, tg, throttle_updates=2, throttle_window=1.0
-        ):
-            alice = tg.user(1001, first_name="Alice")
-            for _ in range(6):
-                await alice.send("/menu")
-            await alice.send("/help")
-            helped = await alice.wait_message(lambda m: "Как пользоваться" in m.text, timeout=5)
-            assert helped
-            await asyncio.sleep(1.2)
-            menus = [m for m in alice.messages if "Главное меню" in m.text]
-            # Two within the limit; the other five /menu were dropped, only /help was kept.
-            assert len(menus) == 2, [m.text for m in alice.messages]
-            # Another user is not held back by Alice's flood.
-            bob = tg.user(2002, first_name="Bob")
-            await bob.send("/menu")
-            await bob.wait_message(lambda m: "Главное меню" in m.text, timeout=2)
+    async with (
+        ControllerHarness.open(engine, tmp_path, start_hub=False) as controller,
+        running_client_bot(controller.services, tg, throttle_updates=2, throttle_window=1.0),
+    ):
+        alice = tg.user(1001, first_name="Alice")
+        for _ in range(6):
+            await alice.send("/menu")
+        await alice.send("/help")
+        helped = await alice.wait_message(lambda m: "Как пользоваться" in m.text, timeout=5)
+        assert helped
+        await asyncio.sleep(1.2)
+        menus = [m for m in alice.messages if "Главное меню" in m.text]
+        # Two within the limit; the other five /menu were dropped, only /help was kept.
+        assert len(menus) == 2, [m.text for m in alice.messages]
+        # Another user is not held back by Alice's flood.
+        bob = tg.user(2002, first_name="Bob")
+        await bob.send("/menu")
+        await bob.wait_message(lambda m: "Главное меню" in m.text, timeout=2)
