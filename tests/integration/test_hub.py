@@ -615,6 +615,9 @@ async def test_hub_writes_cut_short_by_cancellation_leave_the_database_writable(
         finally:
             gc.collect()  # a failed round leaves connections for the collector to close
             await asyncio.gather(*started, return_exceptions=True)
+            # The shielded writes of cancelled callers run on: finish them here, or a late
+            # record_down lands on the next test's node (SQLite reuses the emptied ids).
+            await store.drain()
 
 
 async def test_removing_a_node_with_force_empties_its_agent_first(
