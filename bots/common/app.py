@@ -42,6 +42,7 @@ from controller.services import Services
 log = structlog.get_logger(__name__)
 
 Mode = Literal["polling", "webhook"]
+SHUTDOWN_GRACE_SECONDS = 10.0
 
 
 def webhook_secret(secrets: SecretBox, token: str) -> str:
@@ -85,14 +86,32 @@ class BotApp:
             else:
                 await self.bot.delete_webhook(drop_pending_updates=self.drop_pending_updates)
                 log.info("bot_polling", bot=self.name)
-                await self.dispatcher.start_polling(
-                    self.bot,
-                    handle_signals=False,
-                    close_bot_session=False,
-                    allowed_updates=self.dispatcher.resolve_used_update_types(),
-                )
+                await self._poll()
         finally:
             await self.close()
+
+    async def _poll(self) -> None:
+        polling = asyncio.create_task(
+            self.dispatcher.start_polling(
+                self.bot,
+                handle_signals=False,
+                close_bot_session=False,
+                allowed_updates=self.dispatcher.resolve_used_update_types(),
+            ),
+            name=f"bot-{self.name}-polling",
+        )
+        try:
+            # Shielded: cancelling start_polling from outside leaves its polling loop
+            # running on its own; aiogram stops cleanly only through stop_polling().
+            await asyncio.shield(polling)
+        except asyncio.CancelledError:
+            try:
+                await self.dispatcher.stop_polling()
+            except RuntimeError:  # not started yet
+                polling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await polling
+            raise
 
     async def feed(self, update: dict[str, Any]) -> None:
         """Handle one update Telegram posted to the webhook."""
@@ -107,6 +126,11 @@ class BotApp:
             )
 
     async def close(self) -> None:
+        # Updates already taken from Telegram are finished, not dropped: polling confirmed
+        # them when it fetched the next batch, so Telegram will not send them again.
+        in_flight = list(getattr(self.dispatcher, "_handle_update_tasks", ()))
+        if in_flight:
+            await asyncio.wait(in_flight, timeout=SHUTDOWN_GRACE_SECONDS)
         if self.throttling is not None:
             await self.throttling.close()
         with contextlib.suppress(Exception):
