@@ -1,7 +1,7 @@
 """The middlewares every bot runs, outermost first:
 
-1. :class:`ErrorMiddleware` — the one place where failures become user texts;
-2. :class:`ThrottlingMiddleware` — per-user flood control (payments are never held back);
+1. :class:`ThrottlingMiddleware` — per-user flood control (payments are never held back);
+2. :class:`ErrorMiddleware` — the one place where failures become user texts;
 3. :class:`ServicesMiddleware` — puts the controller's services into handler data;
 4. :class:`UserMiddleware` — registers the user (with a deep-link referral), refuses banned
    users, and picks the texts' language.
@@ -125,31 +125,45 @@ class ErrorMiddleware(BaseMiddleware):
 
 
 class ThrottlingMiddleware(BaseMiddleware):
-    """At most N updates per window per user; of a flood, the last update is handled later."""
+    """At most N updates per window per user; of a flood, the last update is handled later.
+
+    Registered outermost, so that a held update, when released, still goes through the
+    error middleware (a refusal becomes a text then too). If the counter fails (Redis
+    down), updates pass: flood control is not worth refusing paying users.
+    """
 
     def __init__(self, counter: RateCounter) -> None:
         self._counter = counter
         self._held: dict[int, tuple[Handler, Update, dict[str, Any]]] = {}
         self._waiters: dict[int, asyncio.Task[None]] = {}
         self._pending_answers: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         assert isinstance(event, Update)
         user: TgUser | None = data.get("event_from_user")
-        if user is None or is_payment(event):
+        if user is None or is_payment(event) or self._closed:
             return await handler(event, data)
         if user.id in self._held:
             # A flood is being held back already: this newer update replaces the held one.
             self._hold(user.id, handler, event, data)
             return None
-        wait = await self._counter.hit(str(user.id))
+        wait = await self._hit(user.id)
         if wait <= 0:
             return await handler(event, data)
         self._hold(user.id, handler, event, data)
-        self._waiters[user.id] = asyncio.create_task(
-            self._release(user.id, wait), name=f"throttle-{user.id}"
-        )
+        if user.id not in self._waiters:  # another update of this flood may have won the race
+            self._waiters[user.id] = asyncio.create_task(
+                self._release(user.id, wait), name=f"throttle-{user.id}"
+            )
         return None
+
+    async def _hit(self, user_id: int) -> float:
+        try:
+            return await self._counter.hit(str(user_id))
+        except Exception:
+            log.warning("bot_throttle_counter_failed", tg_user_id=user_id, exc_info=True)
+            return 0.0
 
     def _hold(self, user_id: int, handler: Handler, event: Update, data: dict[str, Any]) -> None:
         replaced = self._held.get(user_id)
@@ -169,21 +183,32 @@ class ThrottlingMiddleware(BaseMiddleware):
             await query.answer()
 
     async def _release(self, user_id: int, wait: float) -> None:
+        me = asyncio.current_task()
         try:
-            while True:
+            while wait > 0:
                 await asyncio.sleep(wait)
-                wait = await self._counter.hit(str(user_id))
-                if wait <= 0:
-                    break
-            handler, event, data = self._held.pop(user_id)
+                wait = await self._hit(user_id)
+            # From here on a newer update of this user starts its own hold and waiter.
+            held = self._held.pop(user_id, None)
+            self._waiters.pop(user_id, None)
+            if held is None:
+                return
+            handler, event, data = held
+            state = data.get("state")
+            if state is not None:  # a handler may have moved the conversation on meanwhile
+                data["raw_state"] = await state.get_state()
             await handler(event, data)
+        except asyncio.CancelledError:
+            raise
         except Exception:
             log.exception("bot_held_update_failed", tg_user_id=user_id)
         finally:
-            self._held.pop(user_id, None)
-            self._waiters.pop(user_id, None)
+            if self._waiters.get(user_id) is me:
+                del self._waiters[user_id]
+                self._held.pop(user_id, None)
 
     async def close(self) -> None:
+        self._closed = True
         tasks = [*self._waiters.values(), *self._pending_answers]
         for task in tasks:
             task.cancel()
