@@ -42,6 +42,11 @@ _START = re.compile(r"^/start(?:@\w+)?\s+(\S{1,64})\s*$")
 REFERRAL_PREFIX = "ref_"
 
 
+class RetryLater(Exception):
+    """This update could not be handled now and must not be dropped: the webhook answers
+    500 so that Telegram delivers it again (polling can only log it)."""
+
+
 def start_payload(update: Update) -> str | None:
     """The deep-link payload of a ``/start PAYLOAD`` message, if this update is one."""
     message = update.message
@@ -100,6 +105,8 @@ class ErrorMiddleware(BaseMiddleware):
         assert isinstance(event, Update)
         try:
             return await handler(event, data)
+        except RetryLater:
+            raise
         except DomainError as exc:
             i18n = data.get("i18n") or for_language(None)
             log.info("bot_refused", code=exc.code, reason=exc.message, update_id=event.update_id)

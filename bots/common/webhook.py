@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from bots.common.app import BotApp
+from bots.common.middlewares import RetryLater
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +50,9 @@ def mount(app: FastAPI, bots: Mapping[str, BotApp]) -> None:
             return JSONResponse({"ok": False, "error": "not an update"}, status_code=400)
         try:
             await bot.feed(update)
+        except RetryLater:
+            log.error("webhook_update_to_redeliver", bot=name, update_id=update["update_id"])
+            return JSONResponse({"ok": False, "error": "try again"}, status_code=500)
         except ValidationError:
             log.warning("webhook_invalid_update", bot=name, update_id=update["update_id"])
             return JSONResponse({"ok": False, "error": "invalid update"}, status_code=400)

@@ -85,6 +85,11 @@ TEXTS: dict[str, str] = {
     "payment.unmatched_refunded": (
         "We could not match this payment to your invoice, so the Stars have been refunded."
     ),
+    "payment.processing": (
+        "Payment received, but we could not record it right now — we will retry on our own. "
+        "Please do not pay again. If your subscription is not active within a few minutes, "
+        "write to support and give the code <code>{code}</code>."
+    ),
     "payment.already_counted": "This payment has already been counted — all is well.",
     "payment.done": (
         "Payment received, thank you! ✅\n"

@@ -5,17 +5,25 @@ wrong amount, well inside Telegram's 10 seconds; floods keep the last action."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 import sqlalchemy as sa
+from fastapi import FastAPI
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bots.client.callbacks import PlanAction, PlanCb
+from bots.client.handlers import payment as payment_handlers
+from bots.common.webhook import mount, webhook_path
 from controller.db.models import Payment, Subscription
 from controller.domain.enums import PaymentStatus
 from controller.services.plans import PlanDraft
-from tests.bots.harness import running_client_bot
+from tests.bots.harness import TOKEN, client_app, running, running_client_bot
+from tests.bots.test_client_runtime import free_port, serving
 from tests.fake_telegram import FakeTelegram, FakeUser, SentMessage
 from tests.hub_support import ControllerHarness
 from tests.integration.factories import ADMIN
@@ -159,3 +167,68 @@ async def test_a_flood_is_throttled_and_its_last_action_is_kept(
         bob = tg.user(2002, first_name="Bob")
         await bob.send("/menu")
         await bob.wait_message(lambda m: "Главное меню" in m.text, timeout=2)
+
+
+class Flaky:
+    """The payment service with its database failing for the first ``failures`` confirms."""
+
+    def __init__(self, real: Any, failures: int) -> None:
+        self.real, self.failures, self.calls = real, failures, 0
+
+    async def confirm(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise OperationalError("UPDATE payments", {}, ConnectionError("server closed"))
+        return await self.real.confirm(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+async def test_a_payment_survives_a_short_database_outage(
+    engine: AsyncEngine, tmp_path: Path, tg: FakeTelegram, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(payment_handlers, "CONFIRM_RETRY_DELAYS", (0.01, 0.01, 0.01))
+    async with ControllerHarness.open(engine, tmp_path, start_hub=False) as controller:
+        plan = await controller.services.plans.create(
+            ADMIN, PlanDraft(name="Месяц", duration_days=30, price_minor=300, currency="XTR")
+        )
+        flaky = Flaky(controller.services.payments, failures=2)
+        services = dataclasses.replace(controller.services, payments=flaky)
+        async with running_client_bot(services, tg):  # type: ignore[arg-type]
+            alice = tg.user(1001, first_name="Alice")
+            paid = await alice.pay(await invoice_for(alice, plan.id))
+            assert paid.ok
+            await alice.wait_message(lambda m: "Оплата получена" in m.text)
+        assert flaky.calls == 3
+        payments, subscriptions = await rows(controller)
+        assert [p.status for p in payments] == [PaymentStatus.COMPLETED] and len(subscriptions) == 1
+
+
+async def test_a_payment_not_recorded_is_delivered_again_through_the_webhook(
+    engine: AsyncEngine, tmp_path: Path, tg: FakeTelegram, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(payment_handlers, "CONFIRM_RETRY_DELAYS", (0.01,))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}{webhook_path('client')}"
+    async with ControllerHarness.open(engine, tmp_path, start_hub=False) as controller:
+        plan = await controller.services.plans.create(
+            ADMIN, PlanDraft(name="Месяц", duration_days=30, price_minor=300, currency="XTR")
+        )
+        flaky = Flaky(controller.services.payments, failures=2)  # all of the first delivery
+        services = dataclasses.replace(controller.services, payments=flaky)
+        tg.add_bot(TOKEN, username="vpn_test_bot")
+        app = client_app(services, tg, mode="webhook", webhook_url=url)  # type: ignore[arg-type]
+        api = FastAPI()
+        mount(api, {"client": app})
+        async with serving(api, port), running(app):
+            alice = tg.user(1001, first_name="Alice")
+            paid = await alice.pay(await invoice_for(alice, plan.id))
+            assert paid.ok
+            await alice.wait_message(lambda m: "Не оплачивайте ещё раз" in m.text)
+            await alice.wait_message(lambda m: "Оплата получена" in m.text, timeout=10)
+        statuses = [d.status for d in tg.webhook_deliveries]
+        assert 500 in statuses and statuses[-1] == 200
+        payments, subscriptions = await rows(controller)
+        assert [p.external_payment_id for p in payments] == [paid.charge_id]
+        assert len(subscriptions) == 1

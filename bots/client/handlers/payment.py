@@ -9,30 +9,39 @@ delivers twice extends the subscription once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import structlog
 from aiogram import Bot, F
 from aiogram.exceptions import TelegramBadRequest
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
-from aiogram.types import CallbackQuery, LabeledPrice, Message, PreCheckoutQuery
+from aiogram.types import (
+    CallbackQuery,
+    LabeledPrice,
+    Message,
+    PreCheckoutQuery,
+    SuccessfulPayment,
+)
 
 from bots.client.callbacks import MenuCb, PlanAction, PlanCb, Screen, SubAction, SubCb
 from bots.client.handlers.subscription import STARS, plan_terms
 from bots.common.context import BotUser
-from bots.common.formatting import clip, moment
+from bots.common.formatting import clip, esc, moment
 from bots.common.i18n import I18n
 from bots.common.keyboards import keyboard
-from bots.common.middlewares import error_text
+from bots.common.middlewares import RetryLater, error_text
 from bots.common.routes import Routes
 from bots.common.screens import answer
 from controller.domain.errors import DomainError, PaymentMismatch, PaymentNotFound
 from controller.services import Services
+from controller.services.payments import Confirmation
 
 log = structlog.get_logger(__name__)
 router = Routes("client.payment")
 
 PRE_CHECKOUT_DEADLINE = 7.0  # seconds of Telegram's 10 spent on our check at most
+CONFIRM_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
 
 
 class PromoInput(StatesGroup):
@@ -172,14 +181,13 @@ async def on_successful_payment(
     paid = message.successful_payment
     assert paid is not None
     try:
-        confirmation = await services.payments.confirm(
-            user.telegram_id,
-            paid.invoice_payload,
-            paid.currency,
-            paid.total_amount,
-            paid.telegram_payment_charge_id,
-            paid.provider_payment_charge_id,
-        )
+        confirmation = await _confirm(services, user, paid)
+    except RetryLater:
+        with contextlib.suppress(Exception):
+            await message.answer(
+                i18n.t("payment.processing", code=esc(paid.telegram_payment_charge_id))
+            )
+        raise
     except (PaymentNotFound, PaymentMismatch) as exc:
         # Nothing of ours matches it: never grant access for it. If Telegram really took
         # the stars, give them back (a forged update's charge id is refused by Telegram).
@@ -214,6 +222,39 @@ async def on_successful_payment(
         subscription_id=subscription.id,
         plan_id=confirmation.payment.plan_id,
     )
+
+
+async def _confirm(services: Services, user: BotUser, paid: SuccessfulPayment) -> Confirmation:
+    """Record the payment, riding out a short database outage: the money is already taken,
+    and confirming again is safe (idempotent by the charge id)."""
+    for delay in (*CONFIRM_RETRY_DELAYS, None):
+        try:
+            return await services.payments.confirm(
+                user.telegram_id,
+                paid.invoice_payload,
+                paid.currency,
+                paid.total_amount,
+                paid.telegram_payment_charge_id,
+                paid.provider_payment_charge_id,
+            )
+        except DomainError:
+            raise
+        except Exception:
+            if delay is None:
+                # Not recorded: say so honestly (never "try again": they would pay twice),
+                # and have the update delivered again where Telegram can (webhook).
+                log.exception(
+                    "payment_not_recorded",
+                    tg_user_id=user.telegram_id,
+                    charge_id=paid.telegram_payment_charge_id,
+                    payload=paid.invoice_payload,
+                    amount=paid.total_amount,
+                    currency=paid.currency,
+                )
+                raise RetryLater("the payment could not be recorded") from None
+            log.warning("payment_confirm_retry", tg_user_id=user.telegram_id, exc_info=True)
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 async def _refund(bot: Bot, user_id: int, currency: str, charge_id: str) -> bool:
