@@ -14,7 +14,7 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy.exc import IntegrityError
@@ -59,6 +59,13 @@ MAX_TITLE = 32  # Telegram's invoice title limit
 MAX_DESCRIPTION = 255  # ... and description limit
 MAX_CHARGE_ID = 255  # the column's width
 MAX_LIST = 100
+# An invoice older than this is refused at pre-checkout: prices and plans move on.
+INVOICE_TTL = timedelta(hours=24)
+
+
+def _terms(plan: SubscriptionPlan) -> list[int | None]:
+    """What a plan gives, as stored with an invoice (JSON: a list)."""
+    return [plan.duration_days, plan.device_limit, plan.traffic_limit_gb]
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,8 +179,10 @@ class PaymentService(Service):
                     currency=charge.currency,
                     status=PaymentStatus.PENDING,
                     provider=chosen.name,
+                    expires_at=now + INVOICE_TTL,
                     details={
                         "nonce": nonce,
+                        "terms": _terms(plan),
                         "price_minor": plan.price_minor,
                         "price_currency": plan.currency,
                         "discounted_minor": price,
@@ -207,6 +216,16 @@ class PaymentService(Service):
             plan = await uow.plans.get(payment.plan_id) if payment.plan_id is not None else None
             if plan is None or not plan.is_active:
                 raise PlanInactive("this plan is no longer on sale")
+            if payment.expires_at is not None and self._now() >= payment.expires_at:
+                raise PaymentNotFound("this invoice has expired; make a new one")
+            details = payment.details or {}
+            if "terms" in details and (
+                details["terms"] != _terms(plan)
+                or details.get("price_minor") != plan.price_minor
+                or details.get("price_currency") != plan.currency
+            ):
+                # An old invoice must not buy the plan's new terms at its old price.
+                raise PaymentMismatch("the plan changed since this invoice; make a new one")
             if payment.promo_code_id is not None:
                 promo = await uow.promo.get(payment.promo_code_id)
                 if promo is None:

@@ -30,7 +30,7 @@ from controller.domain.errors import (
 from controller.payments import providers_from
 from controller.payments.stars import StarsProvider
 from controller.services import Services, build_services
-from controller.services.plans import PlanDraft
+from controller.services.plans import PlanChanges, PlanDraft
 from controller.services.promo import PromoDraft
 from controller.services.users import TelegramProfile
 from controller.settings import PaymentSettings, ReferralSettings
@@ -642,3 +642,19 @@ async def test_refund_is_recorded_once(
     ]
     with pytest.raises(InvalidInput):
         await services.payments.list_for_user(ALICE, limit=0)
+
+
+async def test_an_old_invoice_cannot_buy_changed_terms_or_outlive_a_day(
+    services: Services, clock: FakeClock
+) -> None:
+    await _register(services, ALICE)
+    plan_id = await _plan(services, price=100, currency="XTR", days=30)
+    old = await services.payments.create_invoice(ALICE, plan_id)
+    await services.plans.update(ADMIN, plan_id, PlanChanges(duration_days=365))
+    with pytest.raises(PaymentMismatch):  # 365 days at the 30-day price: no
+        await services.payments.check_pre_checkout(ALICE, old.payload, "XTR", 100)
+    fresh = await services.payments.create_invoice(ALICE, plan_id)
+    await services.payments.check_pre_checkout(ALICE, fresh.payload, "XTR", 100)
+    clock.advance(hours=24)
+    with pytest.raises(PaymentNotFound):
+        await services.payments.check_pre_checkout(ALICE, fresh.payload, "XTR", 100)
