@@ -22,6 +22,12 @@ from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
+from aiogram.exceptions import (
+    TelegramNetworkError,
+    TelegramRetryAfter,
+    TelegramServerError,
+    TelegramUnauthorizedError,
+)
 from aiogram.fsm.storage.base import BaseStorage
 from aiogram.fsm.storage.memory import MemoryStorage
 from aiogram.fsm.storage.redis import RedisStorage
@@ -43,6 +49,7 @@ log = structlog.get_logger(__name__)
 
 Mode = Literal["polling", "webhook"]
 SHUTDOWN_GRACE_SECONDS = 10.0
+START_RETRY_MAX_SECONDS = 60.0
 
 
 def webhook_secret(secrets: SecretBox, token: str) -> str:
@@ -68,27 +75,51 @@ class BotApp:
     commands: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     redis: Redis | None = None
     throttling: ThrottlingMiddleware | None = None
+    closing: bool = False
 
     async def run(self) -> None:
         """Serve until cancelled."""
         try:
-            await self._announce_commands()
+            await self._start()
             if self.mode == "webhook":
-                assert self.webhook_url is not None
-                await self.bot.set_webhook(
-                    self.webhook_url,
-                    secret_token=self.secret,
-                    allowed_updates=self.dispatcher.resolve_used_update_types(),
-                    drop_pending_updates=self.drop_pending_updates,
-                )
                 log.info("bot_webhook_set", bot=self.name, url=self.webhook_url)
                 await asyncio.Event().wait()
             else:
-                await self.bot.delete_webhook(drop_pending_updates=self.drop_pending_updates)
                 log.info("bot_polling", bot=self.name)
                 await self._poll()
         finally:
             await self.close()
+
+    async def _start(self) -> None:
+        """Tell Telegram how to reach us, waiting out an unreachable or busy Bot API (the
+        rest of the controller keeps serving meanwhile); a refused token is fatal."""
+        delay = 1.0
+        while True:
+            try:
+                await self._announce_commands()
+                if self.mode == "webhook":
+                    assert self.webhook_url is not None
+                    await self.bot.set_webhook(
+                        self.webhook_url,
+                        secret_token=self.secret,
+                        allowed_updates=self.dispatcher.resolve_used_update_types(),
+                        drop_pending_updates=self.drop_pending_updates,
+                    )
+                else:
+                    await self.bot.delete_webhook(drop_pending_updates=self.drop_pending_updates)
+                return
+            except TelegramUnauthorizedError:
+                raise RuntimeError(
+                    f"Telegram refused the {self.name} bot's token "
+                    f"(VPNBOT_TELEGRAM__{self.name.upper()}_BOT_TOKEN)"
+                ) from None
+            except TelegramRetryAfter as exc:
+                wait = float(exc.retry_after)
+            except (TelegramNetworkError, TelegramServerError) as exc:
+                wait = delay
+                delay = min(delay * 2, START_RETRY_MAX_SECONDS)
+                log.warning("bot_api_unreachable", bot=self.name, reason=str(exc), retry_in=wait)
+            await asyncio.sleep(wait)
 
     async def _poll(self) -> None:
         polling = asyncio.create_task(
@@ -128,9 +159,15 @@ class BotApp:
     async def close(self) -> None:
         # Updates already taken from Telegram are finished, not dropped: polling confirmed
         # them when it fetched the next batch, so Telegram will not send them again.
+        self.closing = True
         in_flight = list(getattr(self.dispatcher, "_handle_update_tasks", ()))
         if in_flight:
-            await asyncio.wait(in_flight, timeout=SHUTDOWN_GRACE_SECONDS)
+            _, late = await asyncio.wait(in_flight, timeout=SHUTDOWN_GRACE_SECONDS)
+            for task in late:  # stuck: stop it before its session goes away
+                task.cancel()
+            if late:
+                log.warning("bot_updates_cut_short", bot=self.name, count=len(late))
+                await asyncio.wait(late, timeout=1.0)
         if self.throttling is not None:
             await self.throttling.close()
         with contextlib.suppress(Exception):

@@ -35,6 +35,8 @@ def mount(app: FastAPI, bots: Mapping[str, BotApp]) -> None:
         bot = bots.get(name)
         if bot is None or bot.mode != "webhook":
             return JSONResponse({"ok": False, "error": "not found"}, status_code=404)
+        if bot.closing:  # shutting down: Telegram delivers it again, to the next process
+            return JSONResponse({"ok": False, "error": "shutting down"}, status_code=503)
         given = request.headers.get(SECRET_HEADER, "")
         if not hmac.compare_digest(given.encode(), bot.secret.encode()):
             log.warning("webhook_bad_secret", bot=name)

@@ -181,3 +181,17 @@ async def test_vpnbot_run_starts_the_client_bot_when_its_token_is_set(
     assert "Traceback" not in text, text
     assert "client_bot_started" in text and "client_bot_stopped" in text
     assert TOKEN not in text and TOKEN.split(":")[1] not in text  # the token is never logged
+
+
+async def test_start_up_waits_out_a_busy_bot_api_and_refuses_a_bad_token(
+    engine: AsyncEngine, tmp_path: Path, tg: FakeTelegram
+) -> None:
+    async with ControllerHarness.open(engine, tmp_path, start_hub=False) as controller:
+        tg.rate_limit("setMyCommands", times=1, retry_after=1)
+        async with running_client_bot(controller.services, tg):
+            alice = tg.user(1001, first_name="Alice")
+            await alice.send("/start")
+            await alice.wait_message(lambda m: "Привет" in m.text, timeout=10)
+        unknown = client_app(controller.services, tg, token="999:not-a-bot-the-api-knows")
+        with pytest.raises(RuntimeError, match="VPNBOT_TELEGRAM__CLIENT_BOT_TOKEN"):
+            await asyncio.wait_for(unknown.run(), 10)

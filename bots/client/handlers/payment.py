@@ -115,7 +115,7 @@ async def on_promo_for_plan(
     await answer(query)
 
 
-@router.message(PromoInput.code, F.text)
+@router.message(PromoInput.code, F.text, ~F.text.startswith("/"))  # commands go on
 async def on_promo_code(
     message: Message,
     state: FSMContext,

@@ -184,7 +184,7 @@ async def on_promo(query: CallbackQuery, state: FSMContext, i18n: I18n) -> None:
     )
 
 
-@router.message(PromoRedeem.code, F.text)
+@router.message(PromoRedeem.code, F.text, ~F.text.startswith("/"))
 async def on_promo_code(
     message: Message, state: FSMContext, services: Services, user: BotUser, i18n: I18n
 ) -> None:

@@ -7,7 +7,7 @@ from aiogram.types import CallbackQuery
 
 from bots.client.callbacks import MenuCb, PlanAction, PlanCb, Screen, SubAction, SubCb
 from bots.common.context import BotUser
-from bots.common.formatting import day, esc, moment, price, size
+from bots.common.formatting import clip, day, esc, moment, price, size
 from bots.common.i18n import I18n
 from bots.common.keyboards import Button, keyboard
 from bots.common.routes import Routes
@@ -64,7 +64,7 @@ async def on_plan(
     stars = stars_price(services, plan)
     lines = [f"<b>{esc(plan.name)}</b>"]
     if plan.description:
-        lines.append(esc(plan.description))
+        lines.append(esc(clip(plan.description, 2000)))
     lines.append(plan_terms(i18n, plan))
     lines.append(i18n.t("plan.price", price=price(plan.price_minor, plan.currency)))
     if stars is not None and plan.currency != "XTR":
@@ -107,11 +107,12 @@ async def on_subscriptions(
             keyboard([(i18n.t("menu.plans"), MenuCb(screen=Screen.PLANS))], _back(i18n)),
         )
         return
+    shown = views[:10]  # newest first; older ones stay in the history, not on screen
     rows: list[list[Button]] = [
         [(f"#{v.id} · {status_text(i18n, v)}", SubCb(subscription_id=v.id, action=SubAction.VIEW))]
-        for v in views[:10]
+        for v in shown
     ]
-    text = "\n".join([i18n.t("subscription.title"), *(subscription_line(i18n, v) for v in views)])
+    text = "\n".join([i18n.t("subscription.title"), *(subscription_line(i18n, v) for v in shown)])
     await show(query, text, keyboard(*rows, _back(i18n)))
 
 

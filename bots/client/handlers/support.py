@@ -15,6 +15,7 @@ from bots.common.i18n import I18n
 from bots.common.keyboards import Button, keyboard
 from bots.common.routes import Routes
 from bots.common.screens import show
+from controller.domain.errors import LimitReached
 from controller.services import Services
 
 router = Routes("client.support")
@@ -75,12 +76,16 @@ async def on_new_ticket(query: CallbackQuery, state: FSMContext, i18n: I18n) -> 
     )
 
 
-@router.message(TicketInput.text, F.text)
+@router.message(TicketInput.text, F.text, ~F.text.startswith("/"))
 async def on_ticket_text(
     message: Message, state: FSMContext, services: Services, user: BotUser, i18n: I18n
 ) -> None:
     assert message.text is not None
-    ticket = await services.support.open_ticket(user.telegram_id, message.text)
+    try:
+        ticket = await services.support.open_ticket(user.telegram_id, message.text)
+    except LimitReached:
+        await state.clear()  # more text will not help; a text too long may be sent again
+        raise
     await state.clear()
     await message.answer(i18n.t("support.opened", id=ticket.id), reply_markup=main_menu(i18n, user))
 
