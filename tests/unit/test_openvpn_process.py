@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +32,16 @@ def process(tmp_path: Path) -> OpenVpnProcess:
 @pytest.fixture
 def lookalike(process: OpenVpnProcess) -> Iterator[subprocess.Popen[bytes]]:
     """A process whose command line names our config, as `openvpn --config PATH` does."""
-    child = subprocess.Popen(["sh", "-c", "sleep 30", "--config", str(process.config_path)])
+    # Not `sh -c "sleep 30"`: dash execs the last command itself, and the command line
+    # naming our config would vanish under the test.
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)", "--config", str(process.config_path)]
+    )
+    # Popen may return before the child has exec'd (its command line is still ours then).
+    deadline = time.monotonic() + 10
+    while str(process.config_path).encode() not in Path(f"/proc/{child.pid}/cmdline").read_bytes():
+        assert time.monotonic() < deadline, "the lookalike never started"
+        time.sleep(0.01)
     yield child
     child.kill()
     child.wait()
