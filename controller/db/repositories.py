@@ -220,14 +220,26 @@ class SubscriptionRepository(_Repository):
         )
         return (await self.session.execute(stmt)).scalars().all()
 
-    async def latest_renewable(self, user_id: int) -> Subscription | None:
-        """The user's newest subscription that a grant may extend (not suspended)."""
+    async def latest_renewable(
+        self, user_id: int, *, traffic_suspended: bool = False
+    ) -> Subscription | None:
+        """The user's newest subscription that a grant may extend (not suspended; with
+        ``traffic_suspended``, also one stopped by its traffic limit — a paid renewal starts
+        a fresh traffic period, which lifts that suspension)."""
+        renewable: sa.ColumnElement[bool] = Subscription.status.in_(
+            [SubscriptionStatus.ACTIVE, SubscriptionStatus.EXPIRED]
+        )
+        if traffic_suspended:
+            renewable = sa.or_(
+                renewable,
+                sa.and_(
+                    Subscription.status == SubscriptionStatus.SUSPENDED,
+                    Subscription.suspend_reason == SuspendReason.TRAFFIC_LIMIT,
+                ),
+            )
         stmt = (
             sa.select(Subscription)
-            .where(
-                Subscription.user_id == user_id,
-                Subscription.status.in_([SubscriptionStatus.ACTIVE, SubscriptionStatus.EXPIRED]),
-            )
+            .where(Subscription.user_id == user_id, renewable)
             .order_by(Subscription.expires_at.desc(), Subscription.id.desc())
             .limit(1)
         )

@@ -483,7 +483,7 @@ async def _grant(
         if target is not None and target.user_id == user.id:
             subscription = await lock_subscription(uow, target.id)
     if subscription is None:
-        current = await uow.subscriptions.latest_renewable(user.id)
+        current = await uow.subscriptions.latest_renewable(user.id, traffic_suspended=True)
         if current is not None:
             subscription = await lock_subscription(uow, current.id)
     if subscription is None:

@@ -658,3 +658,23 @@ async def test_an_old_invoice_cannot_buy_changed_terms_or_outlive_a_day(
     clock.advance(hours=24)
     with pytest.raises(PaymentNotFound):
         await services.payments.check_pre_checkout(ALICE, fresh.payload, "XTR", 100)
+
+
+async def test_buying_again_renews_a_subscription_stopped_by_its_traffic_limit(
+    services: Services, uow_factory: UnitOfWorkFactory
+) -> None:
+    """Not a second subscription beside it: the devices live on the stopped one."""
+    user_id = await _register(services, ALICE)
+    plan = await services.plans.create(
+        ADMIN, PlanDraft(name="1 GB", duration_days=30, price_minor=100, traffic_limit_gb=1)
+    )
+    first = await services.subscriptions.create_from_plan(user_id, plan.id)
+    stopped = await services.subscriptions.add_traffic(first.id, 2 * 1024**3)
+    assert stopped.suspended_now
+    invoice = await services.payments.create_invoice(ALICE, plan.id)
+    await services.payments.confirm(
+        ALICE, invoice.payload, invoice.currency, invoice.amount_minor, "charge-traffic"
+    )
+    (renewed,) = await _subs(uow_factory, user_id)
+    assert renewed.id == first.id
+    assert renewed.status is SubscriptionStatus.ACTIVE and renewed.traffic_used_bytes == 0
