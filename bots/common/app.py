@@ -50,6 +50,7 @@ log = structlog.get_logger(__name__)
 Mode = Literal["polling", "webhook"]
 SHUTDOWN_GRACE_SECONDS = 10.0
 START_RETRY_MAX_SECONDS = 60.0
+MAX_CONCURRENT_UPDATES = 256
 
 
 def webhook_secret(secrets: SecretBox, token: str) -> str:
@@ -128,6 +129,9 @@ class BotApp:
                 handle_signals=False,
                 close_bot_session=False,
                 allowed_updates=self.dispatcher.resolve_used_update_types(),
+                # A backlog (after downtime) must not open more transactions at once than
+                # the database pool can serve before its timeout.
+                tasks_concurrency_limit=MAX_CONCURRENT_UPDATES,
             ),
             name=f"bot-{self.name}-polling",
         )

@@ -12,8 +12,31 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from aiogram import Router
+from aiogram.filters import Filter, StateFilter
+from aiogram.fsm.state import State
+from aiogram.types import TelegramObject
+from aiogram.utils.magic_filter import MagicFilter
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Magic(Filter):
+    """A magic filter (``F.text``) checked in the event loop: aiogram runs a plain function
+    filter in a worker thread, a hop that costs more than the check on every update."""
+
+    def __init__(self, magic: MagicFilter) -> None:
+        self._magic = magic
+
+    async def __call__(self, event: TelegramObject) -> Any:
+        return self._magic.resolve(event)
+
+
+def _inline(check: Any) -> Any:
+    if isinstance(check, State):
+        return StateFilter(check)
+    if isinstance(check, MagicFilter):
+        return _Magic(check)
+    return check
 
 
 class Routes:
@@ -40,5 +63,5 @@ class Routes:
     def build(self) -> Router:
         router = Router(name=self.name)
         for kind, handler, filters, flags in self._entries:
-            getattr(router, kind).register(handler, *filters, **flags)
+            getattr(router, kind).register(handler, *map(_inline, filters), **flags)
         return router

@@ -185,15 +185,17 @@ class SubscriptionRepository(_Repository):
         self, user_id: int, subscription_id: int | None = None
     ) -> list[SubscriptionRow]:
         """The user's subscriptions, newest first, with their plan's name and device count."""
+        # Correlated, so it counts through the subscription_id index for these rows only
+        # (a grouped subquery would count every config of every user).
         devices = (
-            sa.select(VpnConfig.subscription_id, sa.func.count(VpnConfig.id).label("n"))
-            .group_by(VpnConfig.subscription_id)
-            .subquery()
+            sa.select(sa.func.count(VpnConfig.id))
+            .where(VpnConfig.subscription_id == Subscription.id)
+            .correlate(Subscription)
+            .scalar_subquery()
         )
         stmt = (
-            sa.select(Subscription, SubscriptionPlan.name, sa.func.coalesce(devices.c.n, 0))
+            sa.select(Subscription, SubscriptionPlan.name, devices)
             .outerjoin(SubscriptionPlan, SubscriptionPlan.id == Subscription.plan_id)
-            .outerjoin(devices, devices.c.subscription_id == Subscription.id)
             .where(Subscription.user_id == user_id)
             .order_by(Subscription.id.desc())
         )

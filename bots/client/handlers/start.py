@@ -3,6 +3,7 @@ menu, /help, and the fallback for buttons whose data no longer means anything.""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from aiogram import F
@@ -13,7 +14,7 @@ from aiogram.types import CallbackQuery, Message
 from bots.client.callbacks import MenuCb, Screen
 from bots.common.context import BotUser
 from bots.common.formatting import esc
-from bots.common.i18n import I18n
+from bots.common.i18n import I18n, for_language
 from bots.common.keyboards import keyboard
 from bots.common.routes import Routes
 from bots.common.screens import answer, show
@@ -22,13 +23,20 @@ router = Routes("client.start")
 
 
 def main_menu(i18n: I18n, user: BotUser) -> Any:
+    return _main_menu(i18n.language, user.trial_used)
+
+
+@functools.lru_cache(maxsize=8)
+def _main_menu(language: str, trial_used: bool) -> Any:
+    """The same few keyboards for everyone: built once, not on every /menu."""
+    i18n = for_language(language)
     return keyboard(
         [(i18n.t("menu.plans"), MenuCb(screen=Screen.PLANS))],
         [
             (i18n.t("menu.subscriptions"), MenuCb(screen=Screen.SUBSCRIPTIONS)),
             (i18n.t("menu.devices"), MenuCb(screen=Screen.DEVICES)),
         ],
-        None if user.trial_used else [(i18n.t("menu.trial"), MenuCb(screen=Screen.TRIAL))],
+        None if trial_used else [(i18n.t("menu.trial"), MenuCb(screen=Screen.TRIAL))],
         [
             (i18n.t("menu.servers"), MenuCb(screen=Screen.SERVERS)),
             (i18n.t("menu.profile"), MenuCb(screen=Screen.PROFILE)),
