@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,13 @@ from fastapi import FastAPI
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bots.client.callbacks import PlanAction, PlanCb
+from bots.client.callbacks import MenuCb, PlanAction, PlanCb, Screen
 from bots.client.handlers import payment as payment_handlers
 from bots.common.webhook import mount, webhook_path
 from controller.db.models import Payment, Subscription
-from controller.domain.enums import PaymentStatus
+from controller.domain.enums import PaymentStatus, PromoKind
 from controller.services.plans import PlanDraft
+from controller.services.promo import PromoDraft
 from tests.bots.harness import TOKEN, client_app, running, running_client_bot
 from tests.bots.test_client_runtime import free_port, serving
 from tests.fake_telegram import FakeTelegram, FakeUser, SentMessage
@@ -232,3 +234,45 @@ async def test_a_payment_not_recorded_is_delivered_again_through_the_webhook(
         payments, subscriptions = await rows(controller)
         assert [p.external_payment_id for p in payments] == [paid.charge_id]
         assert len(subscriptions) == 1
+
+
+async def test_promo_codes_a_discount_at_checkout_and_days_in_the_profile(
+    engine: AsyncEngine, tmp_path: Path, tg: FakeTelegram
+) -> None:
+    async with ControllerHarness.open(engine, tmp_path, start_hub=False) as controller:
+        services = controller.services
+        plan = await services.plans.create(
+            ADMIN, PlanDraft(name="Месяц", duration_days=30, price_minor=300, currency="XTR")
+        )
+        await services.promo.create(
+            ADMIN, PromoDraft(code="HALF", kind=PromoKind.PERCENT, value=50)
+        )
+        await services.promo.create(ADMIN, PromoDraft(code="WEEK", kind=PromoKind.DAYS, value=7))
+        async with running_client_bot(services, tg):
+            alice = tg.user(1001, first_name="Alice")
+            await alice.send("/menu")
+            menu = await alice.wait_message(lambda m: "Главное меню" in m.text)
+            await alice.forge_callback(menu, PlanCb(plan_id=plan.id, action=PlanAction.VIEW).pack())
+            offer = await alice.wait_message(lambda m: "Цена" in m.text)
+            await alice.press(offer, "промокод")
+            await alice.wait_message(lambda m: "Пришлите промокод" in m.text)
+            await alice.send("/menu")  # a command is a command, not a code
+            await alice.wait_message(lambda m: "Главное меню" in m.text)
+            await alice.press(offer, "промокод")
+            await alice.wait_message(lambda m: "Пришлите промокод" in m.text)
+            await alice.send("half")
+            invoice = await alice.wait_message(lambda m: m.invoice is not None)
+            assert invoice.invoice is not None and invoice.invoice["total_amount"] == 150
+            assert (await alice.pay(invoice)).ok
+            await alice.wait_message(lambda m: "Оплата получена" in m.text)
+
+            await alice.forge_callback(menu, MenuCb(screen=Screen.PROMO).pack())
+            await alice.wait_message(lambda m: "Пришлите промокод одним" in m.text)
+            await alice.send("WEEK")
+            done = await alice.wait_message(lambda m: "Промокод применён: +7 дн." in m.text)
+            await alice.forge_callback(done, MenuCb(screen=Screen.PROMO).pack())
+            await alice.wait_message(lambda m: "Пришлите промокод одним" in m.text)
+            await alice.send("WEEK")
+            await alice.wait_message(lambda m: "уже использовали этот промокод" in m.text)
+        (subscription,) = (await rows(controller))[1]
+        assert subscription.expires_at == controller.clock() + timedelta(days=37)
