@@ -151,7 +151,7 @@ class BotApp:
     async def feed(self, update: dict[str, Any]) -> None:
         """Handle one update Telegram posted to the webhook."""
         parsed = Update.model_validate(update, context={"bot": self.bot})
-        await self.dispatcher.feed_update(self.bot, parsed)
+        await self.dispatcher.feed_update(self.bot, parsed, redelivered_on_failure=True)
 
     async def _announce_commands(self) -> None:
         for language, commands in self.commands.items():

@@ -190,7 +190,7 @@ class Flaky:
 async def test_a_payment_survives_a_short_database_outage(
     engine: AsyncEngine, tmp_path: Path, tg: FakeTelegram, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(payment_handlers, "CONFIRM_RETRY_DELAYS", (0.01, 0.01, 0.01))
+    monkeypatch.setattr(payment_handlers, "CONFIRM_RETRY_DELAYS_POLLING", (0.01, 0.01, 0.01))
     async with ControllerHarness.open(engine, tmp_path, start_hub=False) as controller:
         plan = await controller.services.plans.create(
             ADMIN, PlanDraft(name="Месяц", duration_days=30, price_minor=300, currency="XTR")

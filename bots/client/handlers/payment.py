@@ -41,7 +41,11 @@ log = structlog.get_logger(__name__)
 router = Routes("client.payment")
 
 PRE_CHECKOUT_DEADLINE = 7.0  # seconds of Telegram's 10 spent on our check at most
+# Retries of recording a successful payment while the database is away. Through a webhook
+# a short budget, then Telegram delivers the update again; by polling nothing will, so ride
+# out a failover of a couple of minutes.
 CONFIRM_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
+CONFIRM_RETRY_DELAYS_POLLING = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 30.0, 30.0)
 
 
 class PromoInput(StatesGroup):
@@ -176,12 +180,18 @@ async def on_pre_checkout(query: PreCheckoutQuery, services: Services, i18n: I18
 
 @router.message(F.successful_payment)
 async def on_successful_payment(
-    message: Message, bot: Bot, services: Services, user: BotUser, i18n: I18n
+    message: Message,
+    bot: Bot,
+    services: Services,
+    user: BotUser,
+    i18n: I18n,
+    redelivered_on_failure: bool = False,
 ) -> None:
     paid = message.successful_payment
     assert paid is not None
     try:
-        confirmation = await _confirm(services, user, paid)
+        delays = CONFIRM_RETRY_DELAYS if redelivered_on_failure else CONFIRM_RETRY_DELAYS_POLLING
+        confirmation = await _confirm(services, user, paid, delays)
     except RetryLater:
         with contextlib.suppress(Exception):
             await message.answer(
@@ -224,10 +234,12 @@ async def on_successful_payment(
     )
 
 
-async def _confirm(services: Services, user: BotUser, paid: SuccessfulPayment) -> Confirmation:
+async def _confirm(
+    services: Services, user: BotUser, paid: SuccessfulPayment, delays: tuple[float, ...]
+) -> Confirmation:
     """Record the payment, riding out a short database outage: the money is already taken,
     and confirming again is safe (idempotent by the charge id)."""
-    for delay in (*CONFIRM_RETRY_DELAYS, None):
+    for delay in (*delays, None):
         try:
             return await services.payments.confirm(
                 user.telegram_id,
