@@ -299,6 +299,7 @@ class FakeUser:
             self._tg.charges[charge_id] = Charge(
                 charge_id, self.id, bot.id, currency, total_amount, payload
             )
+            self._tg.star_transactions.append(("in", self._tg.charges[charge_id]))
         chat = self._tg.private_chat(bot, self.state)
         payment = {
             "currency": currency,

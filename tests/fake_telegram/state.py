@@ -339,6 +339,7 @@ class Charge:
     total_amount: int
     invoice_payload: str
     refunded: bool = False
+    date: int = field(default_factory=lambda: int(time.time()))
 
 
 @dataclass

@@ -118,6 +118,9 @@ class World:
         self.private_chats: dict[tuple[int, int], ChatState] = {}
         self.groups: dict[int, ChatState] = {}
         self.charges: dict[str, Charge] = {}
+        # The bots' Star transactions in chronological order: ("in", charge) for a payment,
+        # ("out", charge) for its refund (getStarTransactions).
+        self.star_transactions: list[tuple[str, Charge]] = []
         self.callback_queries: dict[str, QueryState] = {}
         self.pre_checkout_queries: dict[str, QueryState] = {}
         self.calls: list[Call] = []

@@ -42,6 +42,7 @@ from aiogram.types import (
     ReplyKeyboardRemove,
     ReplyParameters,
     TelegramObject,
+    TransactionPartnerUser,
 )
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
@@ -675,6 +676,22 @@ async def test_pre_checkout_payments_and_refunds(
     with pytest.raises(TelegramBadRequest, match="CHARGE_NOT_FOUND"):
         await bot.refund_star_payment(1001, "stxFORGED")
     assert fresh.charge_id is not None and await bot.refund_star_payment(1001, fresh.charge_id)
+
+    # The bot's Star ledger: real charges and their refunds, oldest first; no forged ones.
+    ledger = (await bot.get_star_transactions()).transactions
+    assert [(t.id, t.amount, t.source is not None) for t in ledger] == [
+        (paid.charge_id, 7, True),
+        (paid.charge_id, 7, False),
+        (fresh.charge_id, 9, True),
+        (fresh.charge_id, 9, False),
+    ]
+    assert isinstance(ledger[2].source, TransactionPartnerUser)
+    assert ledger[2].source.invoice_payload == "p2" and ledger[2].source.user.id == 1001
+    assert [t.id for t in (await bot.get_star_transactions(offset=3, limit=5)).transactions] == [
+        fresh.charge_id
+    ]
+    with pytest.raises(TelegramBadRequest, match="(?i)invalid limit"):
+        await bot.get_star_transactions(limit=101)
 
     answer = asyncio.create_task(alice.send_pre_checkout("p3", 5))
     [update] = await bot.get_updates(offset=-1, timeout=2)

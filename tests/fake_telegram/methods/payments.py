@@ -120,8 +120,37 @@ def refund_star_payment(ctx: Ctx) -> bool:
     if charge.refunded:
         raise bad_request("CHARGE_ALREADY_REFUNDED")
     charge.refunded = True
+    ctx.tg.star_transactions.append(("out", charge))
     _announce_refund(ctx, user, charge.charge_id)
     return True
+
+
+@api_method("getStarTransactions")
+def get_star_transactions(ctx: Ctx) -> dict[str, Any]:
+    """The bot's Star transactions, oldest first (as documented), ``offset`` skipped."""
+    offset = max(to_integer(ctx.args.text("offset") or "0"), 0)
+    limit = to_integer(ctx.args.text("limit") or "100")
+    if not 1 <= limit <= 100:
+        raise bad_request("Invalid limit specified")
+    mine = [(way, c) for way, c in ctx.tg.star_transactions if c.bot_id == ctx.bot.id]
+    transactions = []
+    for way, charge in mine[offset : offset + limit]:
+        partner = {
+            "type": "user",
+            "transaction_type": "invoice_payment",
+            "user": ctx.tg.users[charge.user_id].json(),
+        }
+        if way == "in":
+            partner["invoice_payload"] = charge.invoice_payload
+        transactions.append(
+            {
+                "id": charge.charge_id,
+                "amount": charge.total_amount,
+                "date": charge.date,
+                ("source" if way == "in" else "receiver"): partner,
+            }
+        )
+    return {"transactions": transactions}
 
 
 def _announce_refund(ctx: Ctx, user: UserState, charge_id: str) -> None:
