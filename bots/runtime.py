@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+
 from bots import client
+from bots.client import reconcile
 from bots.common.app import BotApp, Mode, build_app
 from bots.common.webhook import webhook_path
 from controller.bootstrap import Container
@@ -44,5 +47,8 @@ def build_bots(container: Container) -> dict[str, BotApp]:
             ),
             drop_pending_updates=telegram.drop_pending_updates,
             commands=client.COMMANDS,
+            jobs=[functools.partial(reconcile.run, services=container.services)]
+            if settings.payments.stars_enabled
+            else [],
         )
     return bots

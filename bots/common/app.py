@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -77,11 +77,17 @@ class BotApp:
     redis: Redis | None = None
     throttling: ThrottlingMiddleware | None = None
     closing: bool = False
+    # Periodic work beside the updates (e.g. payment reconciliation), run while serving.
+    jobs: Sequence[Callable[[Bot], Coroutine[Any, Any, None]]] = ()
 
     async def run(self) -> None:
         """Serve until cancelled."""
+        jobs: list[asyncio.Task[None]] = []
         try:
             await self._start()
+            jobs = [
+                asyncio.create_task(job(self.bot), name=f"bot-{self.name}-job") for job in self.jobs
+            ]
             if self.mode == "webhook":
                 log.info("bot_webhook_set", bot=self.name, url=self.webhook_url)
                 await asyncio.Event().wait()
@@ -89,6 +95,11 @@ class BotApp:
                 log.info("bot_polling", bot=self.name)
                 await self._poll()
         finally:
+            for task in jobs:
+                task.cancel()
+            for task in jobs:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await self.close()
 
     async def _start(self) -> None:
@@ -199,6 +210,7 @@ def build_app(
     commands: dict[str, list[tuple[str, str]]] | None = None,
     user_cache: UserCache | None = None,
     bot_factory: Callable[[str, str], Bot] = create_bot,
+    jobs: Sequence[Callable[[Bot], Coroutine[Any, Any, None]]] = (),
     **workflow_data: Any,
 ) -> BotApp:
     """A dispatcher with the common middleware stack around ``routers``."""
@@ -229,4 +241,5 @@ def build_app(
         commands=commands or {},
         redis=redis,
         throttling=throttling,
+        jobs=jobs,
     )

@@ -90,6 +90,7 @@ TEXTS: dict[str, str] = {
         "Please do not pay again. If your subscription is not active within a few minutes, "
         "write to support and give the code <code>{code}</code>."
     ),
+    "payment.reconciled": "We found your payment and recorded it: your subscription is valid until {until}. Thank you!",
     "payment.already_counted": "This payment has already been counted — all is well.",
     "payment.done": (
         "Payment received, thank you! ✅\n"

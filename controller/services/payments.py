@@ -409,6 +409,25 @@ class PaymentService(Service):
             user = await _require_user(uow, telegram_id)
             return list(await uow.payments.list_for_user(user.id, limit=limit))
 
+    async def ledger_cursor(self, provider: str = DEFAULT_PROVIDER) -> int:
+        """How many of the provider's ledger entries (Telegram's Star transactions) have
+        been reconciled with our payments already."""
+        async with self._uow().read_only() as uow:
+            row = await uow.app_settings.get(_cursor_key(provider))
+            value = row.value if row is not None else 0
+            return value if isinstance(value, int) and value >= 0 else 0
+
+    async def set_ledger_cursor(self, position: int, provider: str = DEFAULT_PROVIDER) -> None:
+        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+            raise InvalidInput("a ledger position is a whole number, not negative")
+        async with self._uow() as uow:
+            await uow.app_settings.set(_cursor_key(provider), position)
+            await uow.commit()
+
+
+def _cursor_key(provider: str) -> str:
+    return f"payments.{provider}.ledger_seen"[:64]
+
 
 async def _require_user(uow: UnitOfWork, telegram_id: int) -> User:
     user = await uow.users.get_by_telegram_id(telegram_id)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from typing import Any
+
+from aiogram import Bot
 
 from bots import client
 from bots.common.app import BotApp, Mode, build_app
@@ -32,6 +35,7 @@ def client_app(
     mode: Mode = "polling",
     webhook_url: str | None = None,
     secrets: SecretBox | None = None,
+    jobs: Sequence[Callable[[Bot], Coroutine[Any, Any, None]]] = (),
 ) -> BotApp:
     return build_app(
         name="client",
@@ -46,6 +50,7 @@ def client_app(
         mode=mode,
         webhook_url=webhook_url,
         commands=client.COMMANDS,
+        jobs=jobs,
     )
 
 

@@ -690,7 +690,7 @@ async def test_pre_checkout_payments_and_refunds(
     assert [t.id for t in (await bot.get_star_transactions(offset=3, limit=5)).transactions] == [
         fresh.charge_id
     ]
-    with pytest.raises(TelegramBadRequest, match="(?i)invalid limit"):
+    with pytest.raises(TelegramBadRequest, match=r"(?i)invalid limit"):
         await bot.get_star_transactions(limit=101)
 
     answer = asyncio.create_task(alice.send_pre_checkout("p3", 5))
