@@ -10,10 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
+import uvicorn
 from aiogram import Bot
+from fastapi import FastAPI
+from sqlalchemy.exc import OperationalError
 
 from bots import client
 from bots.common.app import BotApp, Mode, build_app
@@ -72,3 +76,45 @@ async def running_client_bot(
     tg.add_bot(TOKEN, username="vpn_test_bot", first_name="VPN")  # the same bot if known
     async with running(client_app(services, tg, **kwargs)) as app:  # type: ignore[arg-type]
         yield app
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (for a webhook endpoint under test)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def serving(app: FastAPI, port: int) -> AsyncIterator[None]:
+    """Serve ``app`` on loopback for the block (Telegram's webhook target in tests)."""
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off")
+    )
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    for _ in range(1000):
+        if server.started:
+            break
+        await asyncio.sleep(0.01)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await task
+
+
+class Flaky:
+    """The payment service with its database failing for the first ``failures`` confirms."""
+
+    def __init__(self, real: Any, failures: int) -> None:
+        self.real, self.failures, self.calls = real, failures, 0
+
+    async def confirm(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise OperationalError("UPDATE payments", {}, ConnectionError("server closed"))
+        return await self.real.confirm(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)

@@ -9,12 +9,10 @@ import dataclasses
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bots.client.callbacks import MenuCb, PlanAction, PlanCb, Screen
@@ -24,8 +22,15 @@ from controller.db.models import Payment, Subscription
 from controller.domain.enums import PaymentStatus, PromoKind
 from controller.services.plans import PlanDraft
 from controller.services.promo import PromoDraft
-from tests.bots.harness import TOKEN, client_app, running, running_client_bot
-from tests.bots.test_client_runtime import free_port, serving
+from tests.bots.harness import (
+    TOKEN,
+    Flaky,
+    client_app,
+    free_port,
+    running,
+    running_client_bot,
+    serving,
+)
 from tests.fake_telegram import FakeTelegram, FakeUser, SentMessage
 from tests.hub_support import ControllerHarness
 from tests.integration.factories import ADMIN
@@ -169,22 +174,6 @@ async def test_a_flood_is_throttled_and_its_last_action_is_kept(
         bob = tg.user(2002, first_name="Bob")
         await bob.send("/menu")
         await bob.wait_message(lambda m: "Главное меню" in m.text, timeout=2)
-
-
-class Flaky:
-    """The payment service with its database failing for the first ``failures`` confirms."""
-
-    def __init__(self, real: Any, failures: int) -> None:
-        self.real, self.failures, self.calls = real, failures, 0
-
-    async def confirm(self, *args: Any, **kwargs: Any) -> Any:
-        self.calls += 1
-        if self.calls <= self.failures:
-            raise OperationalError("UPDATE payments", {}, ConnectionError("server closed"))
-        return await self.real.confirm(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
 
 
 async def test_a_payment_survives_a_short_database_outage(

@@ -18,8 +18,7 @@ from controller.db.models import Payment, Subscription
 from controller.domain.enums import PaymentStatus, SubscriptionStatus
 from controller.services.plans import PlanDraft
 from controller.services.users import TelegramProfile
-from tests.bots.harness import TOKEN, running_client_bot
-from tests.bots.test_client_payments import Flaky
+from tests.bots.harness import TOKEN, Flaky, running_client_bot
 from tests.fake_telegram import FakeTelegram
 from tests.hub_support import ControllerHarness
 from tests.integration.factories import ADMIN

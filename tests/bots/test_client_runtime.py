@@ -5,17 +5,13 @@ is set."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
-import socket
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -23,34 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bots.common.webhook import SECRET_HEADER, mount, webhook_path
 from bots.runtime import bot_mode
 from controller.settings import Settings, SettingsError
-from tests.bots.harness import TOKEN, client_app, running, running_client_bot
+from tests.bots.harness import TOKEN, client_app, free_port, running, running_client_bot, serving
 from tests.conftest import need
 from tests.fake_telegram import FakeTelegram
 from tests.hub_support import ControllerHarness
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.asynccontextmanager
-async def serving(app: FastAPI, port: int) -> AsyncIterator[None]:
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off")
-    )
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
-    for _ in range(1000):
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    try:
-        yield
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def test_webhook_mode_handles_posted_updates_and_refuses_a_wrong_secret(
