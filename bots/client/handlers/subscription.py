@@ -14,11 +14,12 @@ from bots.common.routes import Routes
 from bots.common.screens import show
 from controller.db.models import SubscriptionPlan
 from controller.domain.enums import SubscriptionStatus
+from controller.payments.stars import StarsProvider
 from controller.services import Services
 from controller.services.subscriptions import SubscriptionView
 
 router = Routes("client.subscription")
-STARS = "telegram_stars"  # the provider name payments are stored under
+STARS = StarsProvider.name  # the provider the client bot sells through
 
 
 def plan_terms(i18n: I18n, plan: SubscriptionPlan) -> str:
