@@ -50,6 +50,23 @@ def _free_udp_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _tails(*logs: Path, lines: int = 40) -> str:
+    """The last lines of these logs (management chatter left out), for a failure message."""
+    parts = []
+    for log in logs:
+        try:
+            # openvpn logs every management command: those lines would hide the rest.
+            text = [
+                line
+                for line in log.read_text(errors="replace").splitlines()
+                if "MANAGEMENT: " not in line
+            ][-lines:]
+        except OSError as exc:
+            text = [f"(unreadable: {exc})"]
+        parts.append(f"--- {log.name}\n" + "\n".join(text))
+    return "\n".join(parts)
+
+
 async def _server(harness: ControllerHarness, server_id: int) -> Server:
     async with harness.uow_factory() as uow:
         found = await uow.nodes.get(server_id)
@@ -165,8 +182,21 @@ async def test_exported_profile_connects_and_suspension_cuts_it_off(
                         start_new_session=True,
                     )
                     await asyncio.to_thread(lab.client.ping_until, SERVER_TUNNEL, within=30)
-                    names = [s.common_name for s in await management.sessions()]
-                    assert names == [common_name]
+
+                    # The server lists the session (read on a separate management connection;
+                    # a CI run once read none right after the first ping answered, so the read
+                    # is retried briefly and the logs are shown if it never appears).
+                    async def listed() -> bool:
+                        with contextlib.suppress(ManagementError, OSError):
+                            names = [s.common_name for s in await management.sessions()]
+                            return names == [common_name]
+                        return False
+
+                    try:
+                        await harness.wait_for(listed, within=10, what="the session listed")
+                    except AssertionError as exc:
+                        logs = _tails(tmp_path / "agent.log", server_log, client_log)
+                        pytest.fail(f"{exc}\n{logs}")
 
                     # Suspension: the hub removes the client; the node revokes it and kills
                     # the live session at once.
