@@ -7,14 +7,16 @@ Every variant runs a real aiogram Bot (aiohttp session, long polling) against th
 API (tests/fake_telegram) on loopback, in this process and event loop:
 
 - bare: a plain Dispatcher with one handler, without filters, that answers every message
-  with "ok";
+  with "ok"; bare mixed: the same, where half the updates are presses on that answer, which
+  a second handler edits and then answers (the Bot API calls of a full mixed press);
 - full /menu: the client bot as production builds it (``build_app`` with the client
   routers: errors, throttling — set high enough never to hold an update back —, services,
   user registration with its cache, i18n), over a fresh migrated database, answering
   ``/menu`` with the main menu and its keyboard;
 - full mixed: the same bot; half the updates are ``/menu``, half are presses on the menu
   message that read the database: "My subscriptions" and a subscription's details
-  (each user has one subscription), so an edit and a callback answer each.
+  (each user has one subscription), so an edit and a callback answer each; its ratio is
+  taken against bare mixed, which makes the same Bot API calls.
 
 U users first send /start once (registration; its rate is printed for information), then
 all N timed updates are queued at once, round robin over the users, so polling fetches
@@ -54,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from aiogram import Dispatcher, Router  # noqa: E402
-from aiogram.types import Message  # noqa: E402
+from aiogram.types import CallbackQuery, Message  # noqa: E402
 
 from benchmarks.expiry_sweep import describe, fill  # noqa: E402
 from bots.client.callbacks import MenuCb, Screen, SubAction, SubCb  # noqa: E402
@@ -148,12 +150,19 @@ async def stop(dispatcher: Dispatcher, task: asyncio.Task[None]) -> None:
         await task
 
 
-async def bare(updates: int, user_count: int) -> Result:
+async def bare(updates: int, user_count: int, *, mixed: bool = False) -> Result:
     router = Router(name="bare")
 
     @router.message()  # no filter: aiogram runs a sync one (F.text) in a thread
     async def answer(message: Message) -> None:
         await message.answer("ok")
+
+    @router.callback_query()
+    async def press(query: CallbackQuery) -> None:
+        # The Bot API work of a full press: edit the message, then answer the query.
+        if isinstance(query.message, Message):
+            await query.message.edit_text(f"ok {query.data}")
+        await query.answer()
 
     dispatcher = Dispatcher()
     dispatcher.include_router(router)
@@ -170,15 +179,21 @@ async def bare(updates: int, user_count: int) -> Result:
                 return await users[i].send("hello")
 
             await timed(bot, user_count, warm)
+            screens = [user.messages[-1] for user in users]
 
             async def queue(i: int) -> object:
-                return await users[i % user_count].send(f"message {i}")
+                n, k = i % user_count, i // user_count
+                if not mixed or k % 2 == 0:
+                    return await users[n].send(f"message {i}")
+                # Alternating data, so every edit changes the text (as in the full mix).
+                return await users[n].forge_callback(screens[n], "ab"[k // 2 % 2])
 
             seconds, since = await timed(bot, updates, queue)
             check(bot, since, {"ok"})
         finally:
             await stop(dispatcher, task)
-    return Result("bare aiogram", updates, seconds)
+    name = "bare aiogram, mixed (messages + edit presses)" if mixed else "bare aiogram"
+    return Result(name, updates, seconds)
 
 
 async def full(
@@ -301,18 +316,24 @@ async def full_variants(
 
 
 def report(results: list[Result], databases: list[str], population: int) -> None:
-    base = next(r for r in results if r.variant.startswith("bare"))
+    base = next(r for r in results if r.variant == "bare aiogram")
+    bare_mixed = next((r for r in results if r.variant.startswith("bare aiogram, mixed")), None)
     for database in databases:
         print(f"database: {database}")
     if population:
         print(f"population: {population} other users with a subscription and a config each")
     print(f"{'variant':<46} {'updates':>7} {'seconds':>8} {'updates/s':>10} {'vs bare':>8}")
     for r in results:
-        ratio = "-" if r.variant.startswith(" ") else f"{r.rate / base.rate:.2f}"
+        # A mix is compared with the bare mix (the same Bot API calls per update).
+        against = bare_mixed if "mixed" in r.variant and bare_mixed is not None else base
+        ratio = "-" if r.variant.startswith(" ") else f"{r.rate / against.rate:.2f}"
         print(f"{r.variant:<46} {r.updates:>7} {r.seconds:>8.2f} {r.rate:>10.0f} {ratio:>8}")
     mixed = next((r for r in results if r.variant.startswith("full mixed")), None)
-    if mixed is not None:
-        print(f"ratio mixed/bare = {mixed.rate / base.rate:.2f} ({mixed.variant})")
+    if mixed is not None and bare_mixed is not None:
+        print(
+            f"ratio mixed/bare mixed = {mixed.rate / bare_mixed.rate:.2f} "
+            f"(mixed/bare = {mixed.rate / base.rate:.2f}; {mixed.variant})"
+        )
     headline = next(r for r in results if r.variant.startswith("full /menu"))
     print(
         f"ratio full/bare = {headline.rate / base.rate:.2f} "
@@ -322,7 +343,10 @@ def report(results: list[Result], databases: list[str], population: int) -> None
 
 async def main(args: argparse.Namespace) -> None:
     configure_logging("WARNING", "console")
-    results = [await bare(args.updates, args.users)]
+    results = [
+        await bare(args.updates, args.users),
+        await bare(args.updates, args.users, mixed=True),
+    ]
     databases = []
     if not args.sqlite_only:
         async with postgres_database(args.postgres_url) as url:
