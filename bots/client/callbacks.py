@@ -14,9 +14,11 @@ from typing import Annotated
 from aiogram.filters.callback_data import CallbackData
 from pydantic import Field
 
+from controller.domain import rules
+
 # A database id as callback data may carry it: bounded, so a forged huge number is refused
 # at parsing instead of reaching the database driver.
-Id = Annotated[int, Field(ge=0, le=2**53)]
+Id = Annotated[int, Field(ge=0, le=rules.MAX_RECORD_ID)]
 
 
 class Screen(StrEnum):

@@ -13,6 +13,7 @@ from controller.services import Actor
 from controller.services.plans import PlanDraft
 
 TELEGRAM_ID = click.IntRange(min=1, max=rules.MAX_TELEGRAM_ID - 1)
+RECORD_ID = click.IntRange(min=1, max=rules.MAX_RECORD_ID)
 
 
 @click.group("admin")

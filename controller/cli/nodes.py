@@ -10,7 +10,7 @@ import click
 
 from controller.bootstrap import Container
 from controller.cli.common import table, with_container
-from controller.cli.manage import TELEGRAM_ID, user_group
+from controller.cli.manage import RECORD_ID, TELEGRAM_ID, user_group
 from controller.db.models import Server, Subscription
 from controller.domain import rules
 from controller.domain.enums import VpnProtocol
@@ -233,7 +233,7 @@ def node_remove(ctx: click.Context, name: str, force: bool) -> None:
 
 @user_group.command("grant")
 @click.argument("telegram_id", type=TELEGRAM_ID)
-@click.option("--plan", "plan_id", type=click.IntRange(min=1), default=None, help="Plan id.")
+@click.option("--plan", "plan_id", type=RECORD_ID, default=None, help="Plan id.")
 @click.option(
     "--days", type=click.IntRange(1, rules.MAX_DURATION_DAYS), default=None, help="Days of access."
 )
@@ -297,7 +297,7 @@ def config_group() -> None:
 @click.option(
     "--config",
     "config_id",
-    type=click.IntRange(min=1),
+    type=RECORD_ID,
     default=None,
     help="Export this config of theirs (see `vpnbot config list`) instead.",
 )
@@ -384,7 +384,7 @@ def config_list(ctx: click.Context, telegram_id: int) -> None:
 
 
 @config_group.command("reissue")
-@click.argument("config_id", type=click.IntRange(min=1))
+@click.argument("config_id", type=RECORD_ID)
 @click.pass_context
 def config_reissue(ctx: click.Context, config_id: int) -> None:
     """New keys for config CONFIG_ID; the old file stops working (export it again)."""
@@ -397,7 +397,7 @@ def config_reissue(ctx: click.Context, config_id: int) -> None:
 
 
 @config_group.command("delete")
-@click.argument("config_id", type=click.IntRange(min=1))
+@click.argument("config_id", type=RECORD_ID)
 @click.pass_context
 def config_delete(ctx: click.Context, config_id: int) -> None:
     """Delete config CONFIG_ID (the device loses access once its node converges)."""

@@ -101,6 +101,10 @@ def validate_language(language: str) -> str:
 
 
 MAX_TELEGRAM_ID = 2**52  # Telegram ids fit in 52 bits (Bot API docs)
+# The largest database id an edge (CLI argument, callback data) accepts: within SQLite's and
+# PostgreSQL's 64-bit integers and exact in JSON, so a bigger number is refused as input
+# instead of failing in the database driver.
+MAX_RECORD_ID = 2**53
 
 
 def validate_telegram_id(telegram_id: int) -> int:

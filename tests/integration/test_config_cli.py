@@ -134,6 +134,22 @@ def test_export_refusals_are_one_line(cli: Cli, tmp_path: Path) -> None:
     assert "no plan" in cli.fails("user", "grant", "7770001", "--plan", "99")
 
 
+def test_ids_beyond_any_record_are_usage_errors(cli: Cli, tmp_path: Path) -> None:
+    """A number no database id can be is refused as input (it used to reach the driver and
+    come back as an "unexpected OverflowError")."""
+    huge = str(2**64)
+    cli.ok("user", "grant", "7770002", "--days", "3")
+    for args in (
+        ("config", "reissue", huge),
+        ("config", "delete", huge),
+        ("user", "grant", "7770002", "--plan", huge),
+        ("config", "export", "7770002", "--config", huge, "--out", str(tmp_path / "x.conf")),
+    ):
+        assert "is not in the range" in cli.fails(*args, code=2), args
+    assert "no config" in cli.fails("config", "delete", str(2**53))
+    assert "has no configs" in cli.ok("config", "list", "7770002")
+
+
 def test_vless_export_writes_the_share_link_and_its_qr(cli: Cli, tmp_path: Path) -> None:
     public_key = generate_keys().public_key
     cli.ok("node", "add", "de-2", "--address", "198.51.100.3", "--protocols", "wireguard,vless")
