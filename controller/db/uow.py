@@ -23,16 +23,18 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from controller.db.billing_repositories import (
+    PaymentRepository,
+    PromoRepository,
+    ReferralRepository,
+)
 from controller.db.engine import READ_ONLY
 from controller.db.node_repositories import ConfigRepository, NodeRepository, UsageRepository
 from controller.db.repositories import (
     ActivityRepository,
     AppSettingsRepository,
     AuditRepository,
-    PaymentRepository,
     PlanRepository,
-    PromoRepository,
-    ReferralRepository,
     SubscriptionRepository,
     SupportRepository,
     UserRepository,
