@@ -7,15 +7,17 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.util import await_only
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+PING_TIMEOUT = 10.0  # seconds for a pooled PostgreSQL connection to answer before it is replaced
 
 
 def is_sqlite(url: str) -> bool:
@@ -38,9 +40,27 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Async
         engine = create_async_engine(url, echo=echo)
         _configure_sqlite(engine)
         return engine
-    return create_async_engine(
-        url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
-    )
+    engine = create_async_engine(url, echo=echo, pool_size=pool_size, max_overflow=pool_size)
+    _configure_postgresql(engine)
+    return engine
+
+
+def _configure_postgresql(engine: AsyncEngine) -> None:
+    """Check every pooled connection before use with one round trip.
+
+    A connection the server or a firewall closed while it sat in the pool (a restart, a
+    failover, an idle timeout) must not fail the request that draws it. SQLAlchemy's
+    ``pool_pre_ping`` does this check, but on asyncpg wraps it in BEGIN and ROLLBACK: three
+    round trips before every transaction. This sends the one statement; a connection that
+    does not answer is replaced by the pool (DisconnectionError) before anyone uses it.
+    """
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        try:
+            await_only(dbapi_connection.driver_connection.fetchval(";", timeout=PING_TIMEOUT))
+        except Exception as exc:
+            raise DisconnectionError(f"pooled connection is gone: {exc!r}") from exc
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

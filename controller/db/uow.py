@@ -105,15 +105,22 @@ class UnitOfWork:
         self._after_commit: list[AfterCommit] = []
 
     def read_only(self) -> Self:
-        """Use as ``async with uow_factory().read_only() as uow`` for a transaction that only
-        reads (on SQLite it then takes no write lock)."""
+        """Use as ``async with uow_factory().read_only() as uow`` for work that only reads (on
+        SQLite it then takes no write lock; on PostgreSQL each statement runs on its own, so
+        row locks and a write are not available there)."""
         self._read_only = True
         return self
 
     async def __aenter__(self) -> Self:
         self.session = self._session_factory()
         if self._read_only:
-            await self.session.connection(execution_options={READ_ONLY: True})
+            options: dict[str, object] = {READ_ONLY: True}
+            if self.dialect == "postgresql":
+                # Each statement its own transaction: the same per-statement snapshots as READ
+                # COMMITTED in one transaction, without the BEGIN and ROLLBACK round trips,
+                # and no "idle in transaction" session while the caller works.
+                options["isolation_level"] = "AUTOCOMMIT"
+            await self.session.connection(execution_options=options)
         self._after_commit = []
         self.users = UserRepository(self.session)
         self.plans = PlanRepository(self.session)
