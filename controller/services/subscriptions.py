@@ -77,14 +77,19 @@ class SubscriptionService(Service):
     async def overview(self, telegram_id: int) -> list[SubscriptionView]:
         """The user's subscriptions, newest first."""
         async with self._uow().read_only() as uow:
-            user = await require_user(uow, telegram_id)
-            return [SubscriptionView.of(r) for r in await uow.subscriptions.rows_for_user(user.id)]
+            rows = await uow.subscriptions.rows_for_telegram_id(telegram_id)
+            if not rows:
+                await require_user(uow, telegram_id)  # "no such user" is not "no subscriptions"
+            return [SubscriptionView.of(r) for r in rows]
 
     async def view(self, telegram_id: int, subscription_id: int) -> SubscriptionView:
         """One of the user's own subscriptions (another user's is "not found")."""
         async with self._uow().read_only() as uow:
-            user = await require_user(uow, telegram_id)
-            return await _view(uow, user.id, subscription_id)
+            rows = await uow.subscriptions.rows_for_telegram_id(telegram_id, subscription_id)
+            if not rows:
+                await require_user(uow, telegram_id)
+                raise SubscriptionNotFound(f"no subscription with id {subscription_id}")
+            return SubscriptionView.of(rows[0])
 
     async def set_auto_renew_for(
         self, telegram_id: int, subscription_id: int, enabled: bool

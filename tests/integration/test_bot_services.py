@@ -319,6 +319,8 @@ async def test_overview_view_and_auto_renew(
     assert (await services.subscriptions.view(BOB, bobs.id)).auto_renew is False
     with pytest.raises(UserNotFound):
         await services.subscriptions.overview(999)
+    with pytest.raises(UserNotFound):
+        await services.subscriptions.view(999, bobs.id)
     assert await services.subscriptions.overview(CAROL) != []
 
 
