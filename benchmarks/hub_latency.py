@@ -54,7 +54,7 @@ from controller.db.models import AddressAllocation, Subscription, User, VpnConfi
 from controller.domain.enums import SubscriptionStatus, VpnProtocol  # noqa: E402
 from controller.logging import configure_logging  # noqa: E402
 from controller.services import Actor  # noqa: E402
-from controller.services.configs import secret_context  # noqa: E402
+from controller.services.config_render import secret_context  # noqa: E402
 from controller.settings import HubSettings  # noqa: E402
 from controller.vpn import wireguard  # noqa: E402
 from node_agent.backends.base import ApplyReport, WireGuardPublicParams  # noqa: E402

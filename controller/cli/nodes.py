@@ -15,7 +15,7 @@ from controller.db.models import Server, Subscription
 from controller.domain import rules
 from controller.domain.enums import VpnProtocol
 from controller.services import Actor
-from controller.services.configs import RenderedConfig
+from controller.services.config_render import RenderedConfig
 from controller.services.nodes import NODE_PROTOCOLS, NodeDraft, Removal, enrollment_url
 from controller.vpn import qr
 

@@ -24,7 +24,7 @@ from controller.domain import rules
 from controller.domain.enums import NodeStatus, SubscriptionStatus, SuspendReason, VpnProtocol
 from controller.nodes.desired import ConfigRow, NodeState, build_state
 from controller.services.base import Clock
-from controller.services.configs import open_secret
+from controller.services.config_render import open_secret
 from proto.nodeapi.v1 import node_agent_pb2 as pb
 
 log = structlog.get_logger(__name__)

@@ -10,7 +10,8 @@ from controller.db.base import utcnow
 from controller.db.uow import UnitOfWorkFactory
 from controller.payments import providers_from
 from controller.services.base import Actor, Clock
-from controller.services.configs import ConfigService, ProfileIssuer
+from controller.services.config_render import ProfileIssuer
+from controller.services.configs import ConfigService
 from controller.services.nodes import NodeService
 from controller.services.payments import PaymentService
 from controller.services.plans import PlanService

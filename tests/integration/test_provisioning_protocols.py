@@ -17,7 +17,7 @@ from controller.domain.errors import InvalidInput, NoServerAvailable, Unavailabl
 from controller.nodes.issuer import NodeIssuer
 from controller.nodes.store import HubStore, params_from_info
 from controller.services import build_services
-from controller.services.configs import ProfileIssuer
+from controller.services.config_render import ProfileIssuer
 from controller.services.nodes import NodeDraft
 from controller.services.users import TelegramProfile
 from controller.vpn import vless

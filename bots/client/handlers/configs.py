@@ -26,7 +26,8 @@ from bots.common.screens import answer, show
 from controller.domain.enums import VpnProtocol
 from controller.domain.errors import ConfigNotFound, InvalidInput
 from controller.services import Services
-from controller.services.configs import DeviceView, RenderedConfig
+from controller.services.config_render import RenderedConfig
+from controller.services.configs import DeviceView
 from controller.vpn import qr
 
 router = Routes("client.configs")
