@@ -107,7 +107,6 @@ class ConfigService(Service):
     ) -> None:
         super().__init__(uow_factory, clock)
         self._box = box
-        self._vpn = vpn
         self._renderer = ConfigRenderer(uow_factory, clock, box, vpn, issuer)
 
     async def provision(
