@@ -62,11 +62,11 @@ from benchmarks.expiry_sweep import describe, fill  # noqa: E402
 from bots.client.callbacks import MenuCb, Screen, SubAction, SubCb  # noqa: E402
 from bots.common.app import create_bot  # noqa: E402
 from bots.common.i18n import CATALOGS  # noqa: E402
+from common.logging import configure_logging  # noqa: E402
 from controller.crypto import SecretBox  # noqa: E402
 from controller.db import migrate  # noqa: E402
 from controller.db.engine import create_engine, create_session_factory  # noqa: E402
 from controller.db.uow import make_uow_factory  # noqa: E402
-from controller.logging import configure_logging  # noqa: E402
 from controller.services import Actor, Services, build_services  # noqa: E402
 from tests.bots.harness import TOKEN, client_app, running  # noqa: E402
 from tests.fake_telegram import FakeBot, FakeTelegram, FakeUser, SentMessage  # noqa: E402

@@ -35,10 +35,10 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.expiry_sweep import describe, scratch_database  # noqa: E402
 from benchmarks.hub_latency import TimedBackend, start_node, wait_ready  # noqa: E402
+from common.logging import configure_logging  # noqa: E402
 from controller.db import migrate  # noqa: E402
 from controller.db.base import utcnow  # noqa: E402
 from controller.db.engine import create_engine  # noqa: E402
-from controller.logging import configure_logging  # noqa: E402
 from controller.services import Actor  # noqa: E402
 from controller.settings import HubSettings  # noqa: E402
 from tests.hub_support import ControllerHarness, Node  # noqa: E402

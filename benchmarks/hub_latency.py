@@ -47,12 +47,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.expiry_sweep import describe, scratch_database  # noqa: E402
+from common.logging import configure_logging  # noqa: E402
 from controller.db import migrate  # noqa: E402
 from controller.db.base import utcnow  # noqa: E402
 from controller.db.engine import create_engine  # noqa: E402
 from controller.db.models import AddressAllocation, Subscription, User, VpnConfig  # noqa: E402
 from controller.domain.enums import SubscriptionStatus, VpnProtocol  # noqa: E402
-from controller.logging import configure_logging  # noqa: E402
 from controller.services import Actor  # noqa: E402
 from controller.services.config_render import secret_context  # noqa: E402
 from controller.settings import HubSettings  # noqa: E402

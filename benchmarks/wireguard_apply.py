@@ -68,7 +68,7 @@ def figures(samples: list[float]) -> str:
 
 
 async def bench(peers: int, changes: int, workdir: Path, iface: str) -> None:
-    from controller.logging import configure_logging
+    from common.logging import configure_logging
     from node_agent.agent import Agent
     from node_agent.backends.wireguard.backend import WireGuardBackend
     from node_agent.backends.wireguard.uapi import UapiDriver

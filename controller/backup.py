@@ -23,9 +23,9 @@ from pathlib import Path
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 
+from common.proc import CommandError, run_command
 from controller.db import migrate
 from controller.db.engine import create_engine, is_sqlite, sqlite_path
-from controller.proc import CommandError, run_command
 
 PG_TIMEOUT_SECONDS = 3600.0
 _NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS}

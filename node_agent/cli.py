@@ -105,7 +105,7 @@ def _state_dir_lock(state_dir: Path) -> Iterator[None]:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from controller.logging import configure_logging
+    from common.logging import configure_logging
     from node_agent.agent import Agent
     from node_agent.backends.registry import build_backends
     from node_agent.config import load_config
@@ -122,7 +122,7 @@ async def _serve(args: argparse.Namespace) -> int:
         credentials = load_credentials(state_dir)
         backends = build_backends(config)
         if not backends:
-            log.warning("no backends configured: the agent serves but drives no VPN software")
+            log.warning("no_backends_configured")
         store = StateStore(state_dir / "state.db")
         ledger = UsageLedger(state_dir / "usage.db")
         agent = Agent(

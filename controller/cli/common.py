@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 
 import click
 
+from common.logging import configure_logging
 from controller.bootstrap import Container, open_container
-from controller.logging import configure_logging
 from controller.settings import Settings, load_settings
 
 T = TypeVar("T")

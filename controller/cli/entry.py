@@ -11,4 +11,11 @@ def entrypoint() -> None:
         from controller.cli.main import main
     except KeyboardInterrupt:
         sys.exit(130)
+    except ModuleNotFoundError as exc:
+        # An agent-only install (`pip install 'vpnbot[agent]'`) has the script but not the
+        # controller's libraries.
+        sys.exit(
+            f"vpnbot: error: {exc.name} is not installed: the controller needs "
+            "`pip install 'vpnbot[controller]'` (a VPN host needs only `vpn-node-agent`)"
+        )
     sys.exit(main())

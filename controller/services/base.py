@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 
-from controller.db.base import utcnow
+from common.clock import Clock, utcnow
 from controller.db.uow import UnitOfWorkFactory
 
-Clock = Callable[[], datetime]
+__all__ = ["Actor", "Clock", "Service"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """Supervision of one daemonized openvpn server.
 
-openvpn is started through ``controller.proc.run_command`` in a session of its own and
+openvpn is started through ``common.proc.run_command`` in a session of its own and
 daemonizes (``daemon`` in its config), so it outlives the agent: an agent restart or upgrade
 drops no client. Which process is ours is known from its pid file, checked against
 ``/proc/PID/cmdline`` (a reused pid is not ours); that it works is known from its
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import structlog
 
-from controller.proc import CommandError, run_command
+from common.proc import CommandError, run_command
 from node_agent.backends.openvpn.management import ManagementClient, ManagementError
 from node_agent.errors import BackendError
 
@@ -135,7 +135,7 @@ class OpenVpnProcess:
                 reason = self.log_tail() or "no log"
                 raise BackendError(f"{self.name}: openvpn did not come up: {reason}")
             await asyncio.sleep(0.05)
-        log.info("openvpn started", backend=self.name, pid=self.pid())
+        log.info("openvpn_started", backend=self.name, pid=self.pid())
 
     async def stop(self) -> None:
         """Stop our openvpn (SIGTERM: clients are told; SIGKILL if it lingers)."""
@@ -151,4 +151,4 @@ class OpenVpnProcess:
                     os.kill(pid, signal.SIGKILL)
                 break
             await asyncio.sleep(0.05)
-        log.info("openvpn stopped", backend=self.name, pid=pid)
+        log.info("openvpn_stopped", backend=self.name, pid=pid)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from controller.proc import CommandError, run_command
+from common.proc import CommandError, run_command
 from node_agent.backends.wireguard.driver import (
     DeviceState,
     DriverError,
