@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 
 from cryptography.exceptions import InvalidTag
@@ -58,3 +59,16 @@ class SecretBox:
 
     def decrypt_text(self, blob: bytes, context: str = "") -> str:
         return self.decrypt(blob, context.encode("utf-8")).decode("utf-8")
+
+
+def config_secret_context(config_id: int) -> bytes:
+    """The context a client config's secrets (keys, profile) are sealed under: its row id."""
+    return f"vpn_config:{config_id}".encode()
+
+
+def open_config_secret(box: SecretBox, config_id: int, blob: bytes | None) -> dict[str, str | None]:
+    """The secrets of config ``config_id``; a blob copied from another row does not open."""
+    if blob is None:
+        return {}
+    value = json.loads(box.decrypt(blob, config_secret_context(config_id)))
+    return value if isinstance(value, dict) else {}

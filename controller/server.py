@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 import uvicorn
 
+from common.tasks import TaskSet
 from controller import __version__
 from controller.api.app import create_app
 from controller.api.enroll import create_enrollment_app
@@ -43,7 +44,7 @@ class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, background: list[Background]) -> None:
         super().__init__(config)
         self._background = background
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = TaskSet()
         self.failure: BaseException | None = None
 
     @contextlib.contextmanager
@@ -63,7 +64,7 @@ class _Server(uvicorn.Server):
         if not self.started:
             return
         for name, factory in self._background:
-            self._tasks.append(asyncio.create_task(self._guard(name, factory), name=name))
+            self._tasks.spawn(self._guard(name, factory), name=name)
 
     async def _guard(self, name: str, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
         log.info(f"{name}_started")
@@ -80,12 +81,7 @@ class _Server(uvicorn.Server):
             self.should_exit = True
 
     async def stop_background(self) -> None:
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in await self._tasks.cancel_all():
             log.info(f"{task.get_name()}_stopped")
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:

@@ -16,11 +16,12 @@ import asyncio
 import datetime as dt
 import sqlite3
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
 
+from common.tasks import TaskSet
 from node_agent.backends.base import ApplyReport, BackendStatus, Health, VpnBackend
 from node_agent.errors import AgentError, InvalidStateError, RevisionMismatchError
 from node_agent.ledger import UsageLedger
@@ -69,7 +70,10 @@ class Agent:
         self.revision, self.state = store.load()
         self._lock = asyncio.Lock()
         self._failures: dict[str, str] = {}
-        self._inflight: set[asyncio.Future[ApplyOutcome]] = set()
+        # Applies run to their end even when the caller goes away (a gRPC deadline or a
+        # dropped connection cancels the handler): a change stopped half-way would leave the
+        # devices, the persisted state and the agent's memory disagreeing.
+        self._inflight = TaskSet()
         self._log = log.bind(node_id=node_id)
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -79,12 +83,12 @@ class Agent:
         unknown = self.state.names() - self.backends.keys()
         if unknown:
             self._log.warning(
-                "persisted state names backends this agent does not run; ignoring them",
+                "persisted_backends_unknown",
                 backends=sorted(unknown),
             )
         async with self._lock:
             await self._apply_all(self.state)
-        self._log.info("state restored", revision=self.revision, backends=sorted(self.backends))
+        self._log.info("state_restored", revision=self.revision, backends=sorted(self.backends))
 
     async def reconcile(self) -> None:
         """Re-converge every backend to the persisted state (repairs drift and failures)."""
@@ -100,21 +104,12 @@ class Agent:
 
     # --- desired state ---------------------------------------------------------------------
 
-    async def _shielded(self, work: Awaitable[ApplyOutcome]) -> ApplyOutcome:
-        """Run an apply to its end even when the caller goes away (a gRPC deadline or a
-        dropped connection cancels the handler): a change stopped half-way would leave the
-        devices, the persisted state and the agent's memory disagreeing."""
-        task = asyncio.ensure_future(work)
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
-        return await asyncio.shield(task)
-
     async def apply_full(
         self, revision: int, state: DesiredState, *, force: bool, named: Iterable[str] = ()
     ) -> ApplyOutcome:
         """Converge to ``state``. ``named``: backend names the request mentioned (even with no
         clients), so an unknown one is refused rather than silently ignored."""
-        return await self._shielded(self._apply_full(revision, state, force, list(named)))
+        return await self._inflight.shield(self._apply_full(revision, state, force, list(named)))
 
     async def _apply_full(
         self, revision: int, state: DesiredState, force: bool, named: list[str]
@@ -136,7 +131,9 @@ class Agent:
         upserts: Mapping[str, Sequence[Client]],
         removals: Mapping[str, Sequence[str]],
     ) -> ApplyOutcome:
-        return await self._shielded(self._apply_delta(base_revision, revision, upserts, removals))
+        return await self._inflight.shield(
+            self._apply_delta(base_revision, revision, upserts, removals)
+        )
 
     async def _apply_delta(
         self,
@@ -221,10 +218,10 @@ class Agent:
                 report = await backend.apply(clients)
         except (AgentError, OSError) as exc:
             self._failures[name] = str(exc)
-            self._log.error("backend apply failed", backend=name, error=str(exc))
+            self._log.error("backend_apply_failed", backend=name, error=str(exc))
         except Exception as exc:  # a bug in a backend must not leave the others unapplied
             self._failures[name] = f"internal error: {exc!r}"
-            self._log.exception("backend apply crashed", backend=name)
+            self._log.exception("backend_apply_crashed", backend=name)
         else:
             self._failures.pop(name, None)
             if report.reset_clients:
@@ -256,7 +253,7 @@ class Agent:
         changes = {
             o.name: f"+{o.report.added} ~{o.report.updated} -{o.report.removed}" for o in outcomes
         }
-        self._log.info("state applied", revision=revision, **changes)
+        self._log.info("state_applied", revision=revision, **changes)
 
     async def _apply_all(self, state: DesiredState) -> list[BackendOutcome]:
         return [await self._apply_backend(name, state.clients(name)) for name in self.backends]
@@ -278,7 +275,7 @@ class Agent:
         try:
             sample = await backend.usage()
         except (AgentError, OSError) as exc:
-            self._log.warning("usage sample failed", backend=name, error=str(exc))
+            self._log.warning("usage_sample_failed", backend=name, error=str(exc))
             return
         counters = sample.counters
         if only is not None:
@@ -286,7 +283,7 @@ class Agent:
         try:
             await asyncio.to_thread(self.ledger.record, name, sample.epoch, counters, now)
         except sqlite3.Error as exc:  # the next sample counts it; the apply must go on
-            self._log.error("usage ledger write failed", backend=name, error=str(exc))
+            self._log.error("usage_ledger_write_failed", backend=name, error=str(exc))
 
     # --- status ---------------------------------------------------------------------------
 

@@ -4,7 +4,6 @@ over mutual TLS, plus the agent's periodic work (usage sampling, reconcile)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -13,6 +12,7 @@ import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from common.tasks import TaskSet
 from node_agent import convert
 from node_agent.agent import Agent, ApplyOutcome
 from node_agent.backends.base import IssuesClients
@@ -53,7 +53,7 @@ _STATUS = {
 async def _guard(context: Context, call: Callable[[], Awaitable[T]]) -> T:
     """Refuse callers without the controller identity; turn agent errors into statuses."""
     if not is_controller(context):
-        log.warning("refused a caller without the controller identity", peer=context.peer())
+        log.warning("caller_refused", peer=context.peer())
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, CONTROLLER_REQUIRED)
     try:
         return await call()
@@ -214,7 +214,7 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
                 raise InvalidStateError(f"valid_days must be 1..{MAX_CLIENT_DAYS}")
             issued = await backend.issue_client(request.common_name, days)
             log.info(
-                "openvpn client issued", backend=request.backend, common_name=issued.common_name
+                "openvpn_client_issued", backend=request.backend, common_name=issued.common_name
             )
             return pb.IssueOpenVpnClientResponse(
                 common_name=issued.common_name,
@@ -275,7 +275,7 @@ class AgentServer:
             ]
         )
         self.health = _ControllerOnlyHealth()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
         self.port = 0
 
     async def start(self) -> None:
@@ -292,13 +292,14 @@ class AgentServer:
         await self.server.start()
         for service in ("", "nodeapi.v1.NodeAgent"):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        self._spawn(self._every(self.usage_interval, self.agent.sample_usage, "usage sample"))
-        self._spawn(self._every(self.reconcile_interval, self.agent.reconcile, "reconcile"))
-
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(
+            self._every(self.usage_interval, self.agent.sample_usage, "usage_sample"),
+            name="usage_sample",
+        )
+        self._tasks.spawn(
+            self._every(self.reconcile_interval, self.agent.reconcile, "reconcile"),
+            name="reconcile",
+        )
 
     async def _every(self, seconds: float, job: Callable[[], Awaitable[None]], what: str) -> None:
         while True:
@@ -306,14 +307,10 @@ class AgentServer:
             try:
                 await job()
             except Exception:  # a failed round must not end the loop
-                log.exception(f"{what} failed")
+                log.exception("periodic_job_failed", job=what)
 
     async def stop(self, grace: float = 5.0) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._tasks.cancel_all()
         await self.agent.close()

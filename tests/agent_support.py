@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from controller.nodes.ca import controller_credentials
 from controller.nodes.client import ClientCredentials, NodeClient
-from controller.nodes.pki import CertificateAuthority, cert_to_pem, key_to_pem
+from controller.nodes.pki import CertificateAuthority, cert_to_pem
 from node_agent.agent import Agent
 from node_agent.backends.base import VpnBackend
 from node_agent.ledger import UsageLedger
@@ -25,8 +26,7 @@ class Cluster:
     @classmethod
     def create(cls) -> Cluster:
         ca = CertificateAuthority.create()
-        key, cert = ca.issue_controller()
-        return cls(ca, ClientCredentials(ca.cert_pem, key_to_pem(key), cert_to_pem(cert)))
+        return cls(ca, controller_credentials(ca))
 
     def enroll(self, state_dir: Path, node_id: str) -> None:
         """What enrollment leaves behind: agent key (made there), signed cert, CA."""

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from controller.crypto import SecretBox
 from controller.db.uow import UnitOfWork, UnitOfWorkFactory
+from controller.nodes.client import ClientCredentials
 from controller.nodes.pki import (
     CertificateAuthority,
     cert_to_pem,
@@ -39,6 +40,24 @@ async def load_ca_in(uow: UnitOfWork, box: SecretBox) -> CertificateAuthority | 
 async def load_ca(uow_factory: UnitOfWorkFactory, box: SecretBox) -> CertificateAuthority | None:
     async with uow_factory().read_only() as uow:
         return await load_ca_in(uow, box)
+
+
+def controller_credentials(ca: CertificateAuthority) -> ClientCredentials:
+    """A fresh client certificate with the controller's identity, for calling agents over mTLS."""
+    key, cert = ca.issue_controller()
+    return ClientCredentials(ca.cert_pem, key_to_pem(key), cert_to_pem(cert))
+
+
+async def load_controller_credentials(
+    uow_factory: UnitOfWorkFactory, box: SecretBox
+) -> ClientCredentials | None:
+    """The controller's gRPC client credentials from the stored cluster CA (None: no CA yet).
+
+    The one place the hub, the OpenVPN issuer and the CLI get them, so every caller presents
+    the same identity and verifies agents against the same CA.
+    """
+    ca = await load_ca(uow_factory, box)
+    return None if ca is None else controller_credentials(ca)
 
 
 async def load_ca_certificate(uow_factory: UnitOfWorkFactory) -> bytes | None:

@@ -29,14 +29,14 @@ import grpc
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from common.clock import Clock
+from common.tasks import TaskSet
 from controller.crypto import SecretBox
 from controller.db.uow import NODES_CHANNEL, NodeEvents, UnitOfWorkFactory
-from controller.nodes.ca import load_ca
+from controller.nodes.ca import load_controller_credentials
 from controller.nodes.client import ClientCredentials, NodeClient, NodeRpcError
 from controller.nodes.desired import NodeState, diff, to_proto
-from controller.nodes.pki import cert_to_pem, key_to_pem
 from controller.nodes.store import MAX_REVISION, HubStore, NodeTarget
-from controller.services.base import Clock
 from controller.settings import HubSettings
 
 log = structlog.get_logger(__name__)
@@ -69,7 +69,8 @@ class Hub:
         )
         self._credentials = credentials
         self.workers: dict[int, NodeWorker] = {}
-        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._tasks: dict[int, asyncio.Task[None]] = {}  # one worker per node, by server id
+        self._owned = TaskSet()
         self._lock_connection: AsyncConnection | None = None
         self._lock_mutex = asyncio.Lock()
         self._poke = asyncio.Event()
@@ -134,11 +135,7 @@ class Hub:
                 await asyncio.wait_for(self._poke.wait(), self.settings.poll_seconds)
 
     async def _load_credentials(self) -> ClientCredentials | None:
-        ca = await load_ca(self._uow, self._box)
-        if ca is None:
-            return None
-        key, cert = ca.issue_controller()
-        return ClientCredentials(ca.cert_pem, key_to_pem(key), cert_to_pem(cert))
+        return await load_controller_credentials(self._uow, self._box)
 
     def _reconcile_workers(self, targets: list[NodeTarget]) -> None:
         wanted = {t.server_id: t for t in targets}
@@ -149,7 +146,7 @@ class Hub:
                 or wanted[server_id].node_id != worker.target.node_id  # re-enrollment
             )
             if server_id not in wanted or changed:
-                self._tasks.pop(server_id).cancel()
+                self._tasks.pop(server_id).cancel()  # ended by the task set (not awaited here)
                 del self.workers[server_id]
         if self._credentials is None:
             return
@@ -157,19 +154,14 @@ class Hub:
             if server_id not in self._tasks:
                 worker = NodeWorker(self, target, self._credentials)
                 self.workers[server_id] = worker
-                self._tasks[server_id] = asyncio.create_task(
+                self._tasks[server_id] = self._owned.spawn(
                     worker.run(), name=f"hub:node:{target.name}"
                 )
 
     async def _stop_workers(self) -> None:
-        tasks = list(self._tasks.values())
         self._tasks.clear()
         self.workers.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._owned.cancel_all()
         await self.store.drain()
 
     # -- PostgreSQL: LISTEN/NOTIFY and advisory locks --------------------------------------
@@ -253,7 +245,9 @@ class NodeWorker:
         self.full_applies = 0
         self.delta_applies = 0
         self.converged = asyncio.Event()
-        self._log = log.bind(node=target.name)
+        self._log = log.bind(
+            server_id=target.server_id, node_name=target.name, node_id=target.node_id
+        )
 
     def wake(self) -> None:
         self.event.set()

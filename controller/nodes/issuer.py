@@ -12,9 +12,8 @@ import asyncio
 from controller.crypto import SecretBox
 from controller.db.uow import UnitOfWorkFactory
 from controller.domain.errors import Unavailable
-from controller.nodes.ca import load_ca
+from controller.nodes.ca import load_controller_credentials
 from controller.nodes.client import ClientCredentials, NodeClient, NodeRpcError
-from controller.nodes.pki import cert_to_pem, key_to_pem
 from controller.nodes.store import grpc_target
 
 ISSUE_TIMEOUT = 20.0  # an RSA/EC key and a signature on a busy node
@@ -30,13 +29,10 @@ class NodeIssuer:
     async def _load(self) -> ClientCredentials:
         async with self._lock:
             if self._credentials is None:
-                ca = await load_ca(self._uow, self._box)
-                if ca is None:
+                credentials = await load_controller_credentials(self._uow, self._box)
+                if credentials is None:
                     raise Unavailable("the cluster CA does not exist yet (run `vpnbot run` once)")
-                key, cert = ca.issue_controller()
-                self._credentials = ClientCredentials(
-                    ca.cert_pem, key_to_pem(key), cert_to_pem(cert)
-                )
+                self._credentials = credentials
             return self._credentials
 
     async def issue_openvpn(

@@ -5,7 +5,6 @@ Each method is one short transaction; nothing here talks to an agent.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import datetime as dt
@@ -17,14 +16,14 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import structlog
 
-from controller.crypto import SecretBox
+from common.clock import Clock
+from common.tasks import TaskSet
+from controller.crypto import SecretBox, open_config_secret
 from controller.db.models import ServerStats, UsageCounter
 from controller.db.uow import UnitOfWorkFactory
 from controller.domain import rules
 from controller.domain.enums import NodeStatus, SubscriptionStatus, SuspendReason, VpnProtocol
 from controller.nodes.desired import ConfigRow, NodeState, build_state
-from controller.services.base import Clock
-from controller.services.config_render import open_secret
 from proto.nodeapi.v1 import node_agent_pb2 as pb
 
 log = structlog.get_logger(__name__)
@@ -199,10 +198,7 @@ def _shielded(
     """
 
     async def wrapper(self: HubStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        task = asyncio.ensure_future(method(self, *args, **kwargs))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-        return await asyncio.shield(task)
+        return await self._pending.shield(method(self, *args, **kwargs))
 
     wrapper.__name__, wrapper.__doc__ = method.__name__, method.__doc__
     return wrapper
@@ -214,12 +210,11 @@ class HubStore:
         self._box = box
         self._now = clock
         self._psk_cache: dict[int, tuple[bytes, str | None]] = {}
-        self._pending: set[asyncio.Future[Any]] = set()
+        self._pending = TaskSet()
 
     async def drain(self) -> None:
         """Wait for transactions whose callers were cancelled."""
-        while self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        await self._pending.drain()
 
     @_shielded
     async def targets(self) -> list[NodeTarget]:
@@ -288,7 +283,7 @@ class HubStore:
             return cached[1]
         if len(self._psk_cache) > _PSK_CACHE_MAX:
             self._psk_cache.clear()
-        psk = open_secret(self._box, config_id, blob).get("preshared_key")
+        psk = open_config_secret(self._box, config_id, blob).get("preshared_key")
         self._psk_cache[config_id] = (blob, psk)
         return psk
 
@@ -423,7 +418,7 @@ class HubStore:
                 or not _NAME.fullmatch(entry.backend)
                 or not 0 < len(entry.client_id) <= 255
             ):
-                log.warning("usage_entry_ignored", node=server_id, backend=entry.backend[:64])
+                log.warning("usage_entry_ignored", server_id=server_id, backend=entry.backend[:64])
                 continue
             latest[(entry.backend, entry.client_id)] = entry
         suspended: list[int] = []
@@ -502,7 +497,7 @@ class HubStore:
                 await uow.touch_subscriptions(suspended)
             await uow.commit()
         if suspended:
-            log.info("traffic_limit_reached", subscriptions=suspended, node=server_id)
+            log.info("traffic_limit_reached", subscriptions=suspended, server_id=server_id)
         return suspended
 
 

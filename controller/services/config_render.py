@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Protocol
 
-from controller.crypto import SecretBox
+from controller.crypto import SecretBox, config_secret_context, open_config_secret
 from controller.db.models import Server, VpnConfig
 from controller.db.uow import UnitOfWorkFactory
 from controller.domain.enums import VpnProtocol
@@ -82,7 +82,7 @@ class ConfigRenderer(Service):
         return RenderedConfig(config.id, config.protocol, server.name, name, filename, text)
 
     def open_secret(self, config: VpnConfig) -> dict[str, str | None]:
-        return open_secret(self._box, config.id, config.secret_encrypted)
+        return open_config_secret(self._box, config.id, config.secret_encrypted)
 
     async def _render_openvpn(self, config: VpnConfig, server: Server) -> str:
         params = server.openvpn_config or {}
@@ -152,7 +152,7 @@ class ConfigRenderer(Service):
             ):
                 raise Unavailable("the config changed while its profile was issued; try again")
             current.secret_encrypted = self._box.encrypt(
-                json.dumps({"profile": profile}).encode(), secret_context(config.id)
+                json.dumps({"profile": profile}).encode(), config_secret_context(config.id)
             )
             current.config_data = without_claim(current.config_data)
             await uow.commit()
@@ -219,17 +219,6 @@ class ConfigRenderer(Service):
                 persistent_keepalive=self._vpn.wireguard_keepalive,
             )
         )
-
-
-def secret_context(config_id: int) -> bytes:
-    return f"vpn_config:{config_id}".encode()
-
-
-def open_secret(box: SecretBox, config_id: int, blob: bytes | None) -> dict[str, str | None]:
-    if blob is None:
-        return {}
-    value = json.loads(box.decrypt(blob, secret_context(config_id)))
-    return value if isinstance(value, dict) else {}
 
 
 def without_claim(data: dict[str, object]) -> dict[str, object]:

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from controller.crypto import SecretBox
+from controller.crypto import SecretBox, config_secret_context
 from controller.db.models import Server, Subscription, User, VpnConfig
 from controller.db.uow import UnitOfWork, UnitOfWorkFactory
 from controller.domain import placement
@@ -36,7 +36,6 @@ from controller.services.config_render import (
     ConfigRenderer,
     ProfileIssuer,
     RenderedConfig,
-    secret_context,
     without_claim,
 )
 from controller.settings import VpnSettings
@@ -408,7 +407,7 @@ class ConfigService(Service):
     def _seal(self, config_id: int, private_key: str, psk: str | None = None) -> bytes:
         return self._box.encrypt(
             json.dumps({"private_key": private_key, "preshared_key": psk}).encode(),
-            secret_context(config_id),
+            config_secret_context(config_id),
         )
 
 

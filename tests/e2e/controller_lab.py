@@ -19,9 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.nodes.ca import load_ca
+from controller.nodes.ca import load_controller_credentials
 from controller.nodes.client import ClientCredentials
-from controller.nodes.pki import cert_to_pem, key_to_pem
 from controller.services import Actor
 from controller.services.nodes import NodeDraft
 from node_agent.tls import create_key_and_csr
@@ -205,10 +204,9 @@ async def enroll_node(
 async def controller_credentials(harness: ControllerHarness) -> ClientCredentials:
     """A controller certificate from the cluster CA in the harness's database (what the hub
     uses), for asking an agent directly."""
-    ca = await load_ca(harness.uow_factory, harness.box)
-    assert ca is not None, "no cluster CA yet: add a node first"
-    key, cert = ca.issue_controller()
-    return ClientCredentials(ca.cert_pem, key_to_pem(key), cert_to_pem(cert))
+    credentials = await load_controller_credentials(harness.uow_factory, harness.box)
+    assert credentials is not None, "no cluster CA yet: add a node first"
+    return credentials
 
 
 async def wg_dump(host: Host, interface: str) -> dict[str, tuple[str, frozenset[str]]]:

@@ -254,7 +254,7 @@ async def test_an_agent_with_another_nodes_certificate_is_refused(
                 assert impostor.agent.revision == 0
                 assert (await harness.server(node)).status is NodeStatus.DOWN
         unreachable = [
-            e for e in logs if e["event"] == "node_unreachable" and e.get("node") == node.name
+            e for e in logs if e["event"] == "node_unreachable" and e.get("node_name") == node.name
         ]
         assert unreachable, logs
         assert any(_tls_refusal(str(e["reason"])) for e in unreachable), unreachable

@@ -207,7 +207,7 @@ class OpenVpnBackend:
             if await self.process.ready():
                 if self._running_digest() == digest:
                     return  # ours, with this very configuration: adopt it
-                self._log.info("openvpn configuration changed; restarting it")
+                self._log.info("openvpn_config_changed_restarting")
                 await self.process.stop()
             elif (pid := self.process.pid()) is not None:
                 # Alive but not answering: still starting, stuck, or someone else holds the
@@ -263,7 +263,7 @@ class OpenVpnBackend:
             raise BackendError(f"{self.name}: could not disconnect clients: {exc}") from None
         if victims:
             self._log.info(
-                "openvpn sessions disconnected", common_names=sorted(s.common_name for s in victims)
+                "openvpn_sessions_disconnected", common_names=sorted(s.common_name for s in victims)
             )
         return len(victims)
 
@@ -294,7 +294,7 @@ class OpenVpnBackend:
                 try:
                     await self._kill_sessions(lambda s: s.common_name == common_name)
                 except BackendError as exc:
-                    self._log.warning("could not disconnect a re-issued client", error=str(exc))
+                    self._log.warning("openvpn_reissued_disconnect_failed", error=str(exc))
         profile = render_profile(
             transport=self.spec.transport,
             ca_pem=self.pki.ca_certificate_pem,
@@ -318,7 +318,7 @@ class OpenVpnBackend:
         except NotRunningError:
             return []
         except ManagementError as exc:
-            self._log.warning("openvpn management did not answer", error=str(exc))
+            self._log.warning("openvpn_management_unanswered", error=str(exc))
             return None
 
     async def usage(self) -> UsageSample:

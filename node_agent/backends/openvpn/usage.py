@@ -131,7 +131,7 @@ class UsageBook:
         try:
             names = sorted(os.listdir(self.spool))
         except OSError as exc:
-            log.warning("openvpn session spool unreadable", spool=str(self.spool), error=str(exc))
+            log.warning("openvpn_spool_unreadable", spool=str(self.spool), error=str(exc))
             return []
         done: list[Path] = []
         for name in names:
@@ -146,7 +146,7 @@ class UsageBook:
             except FileNotFoundError:
                 continue
             except (OSError, ValueError, UnicodeDecodeError):
-                log.warning("openvpn session file malformed; skipped", file=str(path))
+                log.warning("openvpn_session_file_malformed", file=str(path))
                 done.append(path)
                 continue
             if seen.closed_at is None:

@@ -168,7 +168,7 @@ class ThreeXuiBackend:
                 self._api = ClientsApi(self.session, self.inbound_id)
             else:
                 self._api = await detect(self.session, self.inbound_id)
-            self._log.info("3x-ui panel API chosen", generation=self._api.generation)
+            self._log.info("threexui_api_chosen", generation=self._api.generation)
         return self._api
 
     def _failed(self, exc: PanelError) -> BackendError:
@@ -322,7 +322,7 @@ class ThreeXuiBackend:
                         held.uuid, email, client_object(email, held.uuid, held.flow, False)
                     )
                     removed += 1
-                    self._log.warning("the panel keeps an inbound's last client: disabled it")
+                    self._log.warning("threexui_last_client_disabled")
             del self._panel[email]
 
         for email in plan.first_removes:

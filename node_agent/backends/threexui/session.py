@@ -287,7 +287,7 @@ class PanelSession:
             )
         self._envelope(response, "login")
         self.logins += 1
-        log.info("logged in to the 3x-ui panel", panel=self.origin, csrf=self._csrf is not None)
+        log.info("threexui_logged_in", panel=self.origin, csrf=self._csrf is not None)
 
 
 def _read_secret(getter: Callable[[], str], what: str) -> str:

@@ -151,7 +151,7 @@ class WireGuardBackend:
                 link.configure_link, self.interface, self.addresses, self.mtu
             )
             if created:
-                self._log.info("device created", driver=self.driver.name)
+                self._log.info("wireguard_device_created", driver=self.driver.name)
                 self._index = PeerIndex(self.name, self.addresses)
                 await self.driver.set(
                     self.interface, private_key=self.private_key, listen_port=self.listen_port

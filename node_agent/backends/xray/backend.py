@@ -145,7 +145,7 @@ class XrayBackend:
         assert self.process is not None
         if not self.process.running():
             await self.process.spawn()
-            self._log.info("core started", pid=self.process.pid, config=str(self.config_path))
+            self._log.info("xray_core_started", pid=self.process.pid, config=str(self.config_path))
         deadline = time.monotonic() + self.spec.start_timeout
         while True:
             status = self.process.exit_status()
@@ -173,7 +173,7 @@ class XrayBackend:
 
     def _observe(self, uptime: int) -> None:
         if self._lifetime.observe(uptime):
-            self._log.info("core lifetime", epoch=self._lifetime.epoch, uptime=uptime)
+            self._log.info("xray_core_lifetime", epoch=self._lifetime.epoch, uptime=uptime)
             # It may have loaded any file we wrote: whatever that holds may be in it now.
             self._present.update(self._file_users or {})
             self._resync = True
