@@ -1,1 +1,2 @@
-"""The FastAPI application: health now; webhooks, subscriptions, enrollment, admin REST later."""
+"""The FastAPI applications: the main app (health, the bots' webhooks) and the HTTPS enrollment app;
+provider webhooks, subscription URLs and admin REST come later."""

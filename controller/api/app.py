@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from controller import __version__
+from controller.api.deps import ContainerDep
+from controller.api.errors import install_error_handlers
 from controller.bootstrap import Container
 
 log = structlog.get_logger(__name__)
-
-
-def get_container(request: Request) -> Container:
-    container: Container = request.app.state.container
-    return container
-
-
-ContainerDep = Annotated[Container, Depends(get_container)]
 
 
 def create_app(container: Container) -> FastAPI:
@@ -31,6 +25,7 @@ def create_app(container: Container) -> FastAPI:
         redoc_url=None,
     )
     app.state.container = container
+    install_error_handlers(app)
 
     @app.get("/healthz", tags=["health"])
     async def healthz(container: ContainerDep) -> JSONResponse:

@@ -7,28 +7,20 @@ if its fingerprint is the one in the token.
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import structlog
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from controller.api.deps import ServicesDep
+from controller.api.errors import install_error_handlers
 from controller.bootstrap import Container
-from controller.domain.errors import EnrollmentRefused, InvalidInput
+from controller.domain.errors import NotFound
 from proto.nodeapi.v1.enrollment import CA_PATH, ENROLL_PATH
 
 log = structlog.get_logger(__name__)
 
 MAX_CSR_CHARS = 16_384
-
-
-def _container(request: Request) -> Container:
-    container: Container = request.app.state.container
-    return container
-
-
-ContainerDep = Annotated[Container, Depends(_container)]
 
 
 class EnrollRequest(BaseModel):
@@ -42,24 +34,18 @@ router = APIRouter(tags=["enrollment"])
 
 
 @router.get(CA_PATH)
-async def ca_certificate(container: ContainerDep) -> Response:
-    pem = await container.services.nodes.ca_certificate()
+async def ca_certificate(services: ServicesDep) -> Response:
+    pem = await services.nodes.ca_certificate()
     if pem is None:
-        raise HTTPException(404, "no cluster CA yet: add a node first (vpnbot node add)")
+        raise NotFound("no cluster CA yet: add a node first (vpnbot node add)")
     return Response(pem, media_type="application/x-pem-file")
 
 
 @router.post(ENROLL_PATH)
-async def enroll(body: EnrollRequest, request: Request, container: ContainerDep) -> JSONResponse:
+async def enroll(body: EnrollRequest, request: Request, services: ServicesDep) -> JSONResponse:
+    # A refused token or a bad CSR propagates as a domain error: see controller.api.errors.
+    enrolled = await services.nodes.enroll(body.token, body.csr.encode())
     peer = request.client.host if request.client else "?"
-    try:
-        enrolled = await container.services.nodes.enroll(body.token, body.csr.encode())
-    except EnrollmentRefused as exc:
-        log.warning("enrollment_refused", peer=peer)
-        return JSONResponse({"error": exc.code, "detail": exc.message}, status_code=403)
-    except InvalidInput as exc:
-        log.warning("enrollment_bad_csr", peer=peer, error=exc.message)
-        return JSONResponse({"error": exc.code, "detail": exc.message}, status_code=400)
     log.info("node_enrolled", node_id=enrolled.node_id, peer=peer)
     return JSONResponse(
         {
@@ -75,5 +61,6 @@ def create_enrollment_app(container: Container) -> FastAPI:
     (no docs, no health details)."""
     app = FastAPI(title="vpnbot enrollment", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.container = container
+    install_error_handlers(app)
     app.include_router(router)
     return app
