@@ -3,7 +3,7 @@ bad restore, a hand-edited database, an attacker with write access to one column
 decrypt there, so one client's private key or preshared key is never handed to another.
 
 The binding is the AES-GCM associated data ``vpn_config:<id>`` (see controller/crypto.py and
-``secret_context`` in controller/services/config_render.py). SQLite and PostgreSQL."""
+``config_secret_context`` in controller/crypto.py). SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from controller.crypto import DecryptionError, SecretBox
+from controller.crypto import config_secret_context as secret_context
+from controller.crypto import open_config_secret as open_secret
 from controller.db.uow import UnitOfWorkFactory
 from controller.nodes.store import HubStore
 from controller.services import build_services
-from controller.services.config_render import open_secret, secret_context
 from controller.services.nodes import NodeDraft
 from node_agent.tls import create_key_and_csr
 from proto.nodeapi.v1 import node_agent_pb2 as pb

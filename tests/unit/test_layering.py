@@ -168,9 +168,27 @@ def agent_distributions() -> set[str]:
     return closure
 
 
+# Imports that break a rule today and are being removed (issue 12, item 4: services return
+# views to the CLI and the bots). The list may only shrink: a new violation fails, and so does
+# an entry that no longer occurs (delete it).
+PENDING = {
+    ("controller/cli/db.py", "controller.db"),
+    ("controller/cli/db.py", "controller.db.engine"),
+    ("controller/cli/main.py", "controller.db.engine"),
+    ("controller/cli/main.py", "controller.db.migrate"),
+    ("controller/cli/manage.py", "controller.db.models"),
+    ("controller/cli/nodes.py", "controller.db.models"),
+    ("bots/client/handlers/subscription.py", "controller.db.models"),
+    ("bots/common/context.py", "controller.db.models"),
+}
+
+
 def test_the_tree_keeps_the_layering_contract(agent_distributions: set[str]) -> None:
     violations = check(ROOT, agent_distributions)
-    assert not violations, "\n".join(map(str, violations))
+    new = [v for v in violations if (v.where.path, v.where.module) not in PENDING]
+    assert not new, "\n".join(map(str, new))
+    gone = PENDING - {(v.where.path, v.where.module) for v in violations}
+    assert not gone, f"no longer imported, remove from PENDING: {sorted(gone)}"
 
 
 def test_the_agent_install_brings_nothing_of_the_controller(
